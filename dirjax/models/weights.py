@@ -11,7 +11,7 @@ from dirjax.errors import WeightsError
 
 def read_safetensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
     """All tensors of `model.safetensors` (or its shards) in `directory`, as fp32 numpy arrays."""
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     directory = Path(directory)
@@ -29,13 +29,28 @@ def read_safetensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
     for f in files:
         try:
             tensors = load_file(str(f))
-        except (SafetensorsError, OSError, ValueError) as e:
-            raise WeightsError(f"cannot read {f}: {e}") from None
-        except Exception as e:  # bf16 tensors: numpy has no bfloat16, go through ml_dtypes
-            raise WeightsError(f"cannot read {f}: {e}") from None
-        out.update({k: np.asarray(v, dtype=np.float32) if v.dtype.kind == "f" or v.dtype.name == "bfloat16" else v
+        except TypeError:  # bf16 tensors: numpy has no bfloat16, go through jax (ml_dtypes)
+            tensors = _load_via_jax(f)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise WeightsError(f"cannot read {f}: {e}".splitlines()[0]) from None
+        out.update({k: np.asarray(v, dtype=np.float32) if _is_float(v) else np.asarray(v)
                     for k, v in tensors.items()})
     return out
+
+
+def _is_float(x) -> bool:
+    return x.dtype.kind == "f" or x.dtype.name == "bfloat16"
+
+
+def _load_via_jax(f: Path) -> dict:
+    """A safetensors file with bf16 tensors, as jax arrays (jax knows bfloat16; numpy does not)."""
+    from safetensors import SafetensorError
+    from safetensors.flax import load_file
+
+    try:
+        return load_file(str(f))
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        raise WeightsError(f"cannot read {f}: {e}".splitlines()[0]) from None
 
 
 def take(state: dict[str, np.ndarray], name: str, shape: tuple[int, ...], transpose: bool = False,

@@ -1,0 +1,298 @@
+"""BERT in Flax NNX, read top to bottom: config, attention, layer, model, weight loading.
+
+Loads Hugging Face `BertModel` checkpoints (keys without prefix, e.g. all-MiniLM-L6-v2) and
+`BertForMaskedLM` / `BertForPreTraining` ones (`bert.` prefix, `cls.predictions.*`), with
+hidden states and MLM logits equal to transformers' PyTorch model (tests/test_bert.py).
+The word embedding is a swappable `dirjax.embedding.Embedding` in `model.embedding`; the MLM
+decoder is tied to it (`model.out_embedding is model.embedding`) and has its own bias [V].
+Without an MLM head `out_embedding` is None and calling the model raises a ConfigError.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dirjax.embedding import Embedding
+from dirjax.errors import ConfigError, WeightsError
+from dirjax.models.weights import read_safetensors, take
+
+NEG_INF = -1e9  # additive mask: exp(NEG_INF - max) is exactly 0 in fp32, and never NaN
+
+ACTIVATIONS = {
+    "gelu": partial(jax.nn.gelu, approximate=False),  # BERT's gelu is the exact (erf) one
+    "gelu_new": partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_positions: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    activation: str = "gelu"
+    pooler: bool = True          # BertModel has one, BertForMaskedLM does not
+    mlm_head: bool = True        # cls.predictions.*: transform + decoder tied to the embedding
+    tie_word_embeddings: bool = True
+
+    @classmethod
+    def from_hf(cls, c: dict, pooler: bool = True, mlm_head: bool = True) -> BertConfig:
+        """From a Hugging Face BERT config.json (as a dict); which heads exist is read from the
+        checkpoint's keys, so it is passed in."""
+        if c.get("position_embedding_type", "absolute") != "absolute":
+            raise ConfigError(f"BERT position_embedding_type {c['position_embedding_type']!r} "
+                              "is not supported (only 'absolute')")
+        act = c.get("hidden_act", "gelu")
+        if act not in ACTIVATIONS:
+            raise ConfigError(f"BERT hidden_act {act!r} is not supported ({', '.join(ACTIVATIONS)})")
+        return cls(vocab_size=c["vocab_size"], hidden_size=c.get("hidden_size", 768),
+                   num_layers=c.get("num_hidden_layers", 12), num_heads=c.get("num_attention_heads", 12),
+                   intermediate_size=c.get("intermediate_size", 3072),
+                   max_positions=c.get("max_position_embeddings", 512),
+                   type_vocab_size=c.get("type_vocab_size", 2),
+                   layer_norm_eps=c.get("layer_norm_eps", 1e-12), activation=act,
+                   pooler=pooler, mlm_head=mlm_head,
+                   tie_word_embeddings=c.get("tie_word_embeddings", True))
+
+
+def attention_bias(mask: jax.Array | None, t: int) -> jax.Array:
+    """Key-padding additive bias `[B or 1, 1, 1, T]` (fp32) from a 0/1 mask `[B, T]`."""
+    if mask is None:
+        return jnp.zeros((1, 1, 1, t), jnp.float32)
+    return jnp.where(mask[:, None, None, :] > 0, 0.0, NEG_INF).astype(jnp.float32)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
+    """Scaled dot-product attention, softmax in fp32. q, k, v `[B, T, H, dh]` -> `[B, T, H, dh]`."""
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    scores = scores / math.sqrt(q.shape[-1])
+    probs = jax.nn.softmax(scores + bias, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+def _linear(n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+    # kernel [in, out]: HF's nn.Linear weights are [out, in] and load transposed
+    return nnx.Linear(n_in, n_out, kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
+
+
+def _layer_norm(d: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # two-pass variance, as PyTorch computes it
+    return nnx.LayerNorm(d, epsilon=eps, use_fast_variance=False, rngs=rngs)
+
+
+class SelfAttention(nnx.Module):
+    """Multi-head self-attention with its output projection, residual and LayerNorm (post-LN)."""
+
+    def __init__(self, cfg: BertConfig, rngs: nnx.Rngs):
+        d = cfg.hidden_size
+        self.num_heads = cfg.num_heads
+        self.query = _linear(d, d, rngs)
+        self.key = _linear(d, d, rngs)
+        self.value = _linear(d, d, rngs)
+        self.output = _linear(d, d, rngs)
+        self.ln = _layer_norm(d, cfg.layer_norm_eps, rngs)
+
+    def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
+        """x `[B, T, d]`, bias `[B, 1, 1, T]` -> `[B, T, d]`."""
+        b, t, d = x.shape
+        q, k, v = (f(x).reshape(b, t, self.num_heads, d // self.num_heads)
+                   for f in (self.query, self.key, self.value))
+        y = self.output(attention(q, k, v, bias).reshape(b, t, d))
+        return self.ln(x + y)
+
+
+class Layer(nnx.Module):
+    """Post-LayerNorm encoder layer: attention, then feed-forward, each with residual + LN."""
+
+    def __init__(self, cfg: BertConfig, rngs: nnx.Rngs):
+        self.attention = SelfAttention(cfg, rngs)
+        self.intermediate = _linear(cfg.hidden_size, cfg.intermediate_size, rngs)
+        self.output = _linear(cfg.intermediate_size, cfg.hidden_size, rngs)
+        self.ln = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, rngs)
+        self.activation = cfg.activation
+
+    def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
+        x = self.attention(x, bias)
+        return self.ln(x + self.output(ACTIVATIONS[self.activation](self.intermediate(x))))
+
+
+class Bert(nnx.Module):
+    """BERT encoder with optional pooler and MLM head. `embedding` (word embeddings) is swappable."""
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        cfg = self.config = config
+        d = cfg.hidden_size
+        normal = nnx.initializers.normal(0.02)
+        self.embedding = Embedding(normal(rngs.params(), (cfg.vocab_size, d)))
+        self.position = nnx.Param(normal(rngs.params(), (cfg.max_positions, d)))
+        self.token_type = nnx.Param(normal(rngs.params(), (cfg.type_vocab_size, d)))
+        self.embed_ln = _layer_norm(d, cfg.layer_norm_eps, rngs)
+        self.layers = nnx.List([Layer(cfg, rngs) for _ in range(cfg.num_layers)])
+        self.pooler = _linear(d, d, rngs) if cfg.pooler else None
+        self.tied = cfg.mlm_head and cfg.tie_word_embeddings
+        if cfg.mlm_head:
+            self.mlm_dense = _linear(d, d, rngs)
+            self.mlm_ln = _layer_norm(d, cfg.layer_norm_eps, rngs)
+            self.mlm_bias = nnx.Param(jnp.zeros((cfg.vocab_size,)))
+            self.out_embedding = (self.embedding if self.tied
+                                  else Embedding(normal(rngs.params(), (cfg.vocab_size, d))))
+        else:
+            self.mlm_dense = self.mlm_ln = self.mlm_bias = self.out_embedding = None
+
+    def encode(self, ids: jax.Array, attention_mask: jax.Array | None = None,
+               token_type_ids: jax.Array | None = None) -> jax.Array:
+        """ids `[B, T]` int, right-padded with attention_mask `[B, T]` 0/1, token_type_ids `[B, T]`
+        (default 0) -> last hidden states `[B, T, d]`. Positions are arange(T)."""
+        t = ids.shape[1]
+        if t > self.config.max_positions:
+            raise ConfigError(f"sequence of {t} tokens, longer than the model's "
+                              f"{self.config.max_positions} positions")
+        x = self.embedding(ids) + self.position[...][:t]
+        if token_type_ids is None:
+            x = x + self.token_type[...][0]
+        else:
+            x = x + jnp.take(self.token_type[...], token_type_ids, axis=0)
+        x = self.embed_ln(x)
+        bias = attention_bias(attention_mask, t)
+        for layer in self.layers:
+            x = layer(x, bias)
+        return x
+
+    def pool(self, h: jax.Array) -> jax.Array:
+        """HF pooler output `[B, d]`: tanh(dense(h[:, 0])) of the [CLS] position of h `[B, T, d]`."""
+        if self.pooler is None:
+            raise ConfigError("this BERT checkpoint has no pooler (BertForMaskedLM)")
+        return jnp.tanh(self.pooler(h[:, 0]))
+
+    def __call__(self, ids: jax.Array, attention_mask: jax.Array | None = None,
+                 token_type_ids: jax.Array | None = None) -> jax.Array:
+        """Masked-LM logits `[B, T, V]`."""
+        if self.out_embedding is None:
+            raise ConfigError("this BERT checkpoint has no MLM head (a BertModel): use encode() "
+                              "for hidden states, or a BertForMaskedLM checkpoint for logits")
+        h = self.encode(ids, attention_mask, token_type_ids)
+        h = self.mlm_ln(ACTIVATIONS[self.config.activation](self.mlm_dense(h)))
+        return self.out_embedding.attend(h) + self.mlm_bias[...].astype(h.dtype)
+
+
+def mean_pool(h: jax.Array, mask: jax.Array) -> jax.Array:
+    """Sentence embeddings `[B, d]`: mean of h `[B, T, d]` over the positions where mask `[B, T]`
+    is 1 (sentence-transformers' mean pooling)."""
+    m = mask.astype(h.dtype)[..., None]
+    return (h * m).sum(axis=1) / jnp.maximum(m.sum(axis=1), 1e-9)
+
+
+# ----------------------------------------------------------------------------- loading
+
+PREFIXES = ("bert.", "")  # BertForMaskedLM / BertForPreTraining keys, then BertModel's
+
+
+def load_hf_state(model: Bert, state: dict) -> None:
+    """Copy a Hugging Face state dict into `model`, asserting every shape.
+
+    nn.Linear weights are stored [out, in] and are transposed into nnx.Linear's [in, out] kernel.
+    """
+    def put(param: nnx.Param, name: str, transpose: bool = False):
+        param.set_value(jnp.asarray(take(state, name, param.shape, transpose, PREFIXES)))
+
+    def put_norm(ln: nnx.LayerNorm, name: str):
+        put(ln.scale, name + ".weight")
+        put(ln.bias, name + ".bias")
+
+    def put_linear(lin: nnx.Linear, name: str):
+        put(lin.kernel, name + ".weight", transpose=True)
+        put(lin.bias, name + ".bias")
+
+    put(model.embedding.weight, "embeddings.word_embeddings.weight")
+    put(model.position, "embeddings.position_embeddings.weight")
+    put(model.token_type, "embeddings.token_type_embeddings.weight")
+    put_norm(model.embed_ln, "embeddings.LayerNorm")
+    for i, layer in enumerate(model.layers):
+        p = f"encoder.layer.{i}."
+        put_linear(layer.attention.query, p + "attention.self.query")
+        put_linear(layer.attention.key, p + "attention.self.key")
+        put_linear(layer.attention.value, p + "attention.self.value")
+        put_linear(layer.attention.output, p + "attention.output.dense")
+        put_norm(layer.attention.ln, p + "attention.output.LayerNorm")
+        put_linear(layer.intermediate, p + "intermediate.dense")
+        put_linear(layer.output, p + "output.dense")
+        put_norm(layer.ln, p + "output.LayerNorm")
+    if model.pooler is not None:
+        put_linear(model.pooler, "pooler.dense")
+    if model.out_embedding is not None:
+        put_linear(model.mlm_dense, "cls.predictions.transform.dense")
+        put_norm(model.mlm_ln, "cls.predictions.transform.LayerNorm")
+        # the decoder's bias is shared with cls.predictions.bias; v5 saves only the latter
+        bias = "cls.predictions.bias"
+        put(model.mlm_bias, bias if bias in state else "cls.predictions.decoder.bias")
+        if not model.tied:
+            put(model.out_embedding.weight, "cls.predictions.decoder.weight")
+    n = len(model.layers)
+    if any(p + f"encoder.layer.{n}.output.dense.weight" in state for p in PREFIXES):
+        raise WeightsError(f"checkpoint has more layers than its config's num_hidden_layers={n}")
+
+
+def check_loaded(model: nnx.Module) -> None:
+    """Assert that the mapping filled every parameter of the abstract (eval_shape) model."""
+    empty = [".".join(map(str, path)) for path, node in nnx.iter_graph(model)
+             if isinstance(node, nnx.Param) and isinstance(node.get_value(), jax.ShapeDtypeStruct)]
+    assert not empty, f"parameters left unloaded: {empty}"
+
+
+def cast_params(model: nnx.Module, dtype) -> None:
+    """Cast every floating parameter of `model` to `dtype`, in place."""
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Param) and jnp.issubdtype(node.dtype, jnp.floating):
+            node.set_value(node[...].astype(dtype))
+
+
+def load_tokenizer(path: Path):
+    """The checkpoint's fast tokenizer, padding on the right."""
+    import transformers
+
+    # the class named in tokenizer_config.json rather than AutoTokenizer, whose config
+    # machinery imports torch (seconds of start-up, and torch is no dependency of dirjax)
+    config_file = path / "tokenizer_config.json"
+    try:
+        name = (json.loads(config_file.read_text()).get("tokenizer_class")
+                if config_file.exists() else None)
+    except ValueError as e:
+        raise WeightsError(f"{config_file} is not valid JSON: {e}") from None
+    cls = (getattr(transformers, name.removesuffix("Fast") + "Fast", None) if name
+           else transformers.BertTokenizerFast)
+    try:
+        tok = (cls or transformers.AutoTokenizer).from_pretrained(str(path))
+    except (OSError, ValueError, TypeError) as e:
+        raise WeightsError(f"{path}: cannot load the tokenizer: {str(e).splitlines()[0]}") from None
+    tok.padding_side = "right"
+    return tok
+
+
+def from_hf_dir(path, dtype=None):
+    """`(Bert, tokenizer)` from a Hugging Face directory; parameters fp32 unless `dtype`."""
+    path = Path(path)
+    state = read_safetensors(path)
+    config = BertConfig.from_hf(
+        json.loads((path / "config.json").read_text()),
+        pooler=any(p + "pooler.dense.weight" in state for p in PREFIXES),
+        mlm_head="cls.predictions.transform.dense.weight" in state)
+    # build the module tree without allocating random weights, then fill it
+    model = nnx.eval_shape(lambda: Bert(config, rngs=nnx.Rngs(0)))
+    load_hf_state(model, state)
+    check_loaded(model)
+    if dtype is not None:
+        cast_params(model, dtype)
+    return model, load_tokenizer(path)

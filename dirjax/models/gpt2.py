@@ -1,0 +1,255 @@
+"""GPT-2 in Flax NNX, read top to bottom: config, attention, block, model, weight loading.
+
+Loads Hugging Face `GPT2LMHeadModel` / `GPT2Model` checkpoints (safetensors) with logits equal
+to transformers' PyTorch model (tests/test_gpt2.py). The token embedding `wte` is a swappable
+`dirjax.embedding.Embedding` in `model.embedding`; the LM head is tied to it
+(`model.out_embedding is model.embedding`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dirjax.embedding import Embedding
+from dirjax.errors import ConfigError, WeightsError
+from dirjax.models.weights import read_safetensors, take
+
+NEG_INF = -1e9  # additive mask: exp(NEG_INF - max) is exactly 0 in fp32, and never NaN
+
+ACTIVATIONS = {
+    "gelu_new": partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": partial(jax.nn.gelu, approximate=True),
+    "gelu": partial(jax.nn.gelu, approximate=False),
+    "relu": jax.nn.relu,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+    vocab_size: int = 50257
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    max_positions: int = 1024
+    intermediate_size: int = 3072
+    layer_norm_eps: float = 1e-5
+    activation: str = "gelu_new"
+    tie_word_embeddings: bool = True
+
+    @classmethod
+    def from_hf(cls, c: dict) -> GPT2Config:
+        """From a Hugging Face GPT-2 config.json (as a dict)."""
+        if c.get("scale_attn_by_inverse_layer_idx") or not c.get("scale_attn_weights", True):
+            raise ConfigError("GPT-2 checkpoint with non-standard attention scaling is not supported")
+        act = c.get("activation_function", "gelu_new")
+        if act not in ACTIVATIONS:
+            raise ConfigError(f"GPT-2 activation {act!r} is not supported ({', '.join(ACTIVATIONS)})")
+        d = c.get("n_embd", 768)
+        return cls(vocab_size=c["vocab_size"], hidden_size=d, num_layers=c.get("n_layer", 12),
+                   num_heads=c.get("n_head", 12), max_positions=c.get("n_positions", 1024),
+                   intermediate_size=c.get("n_inner") or 4 * d,
+                   layer_norm_eps=c.get("layer_norm_epsilon", 1e-5), activation=act,
+                   tie_word_embeddings=c.get("tie_word_embeddings", True))
+
+
+def attention_bias(mask: jax.Array | None, t: int) -> jax.Array:
+    """Causal + key-padding additive bias `[B or 1, 1, T, T]` (fp32) from a 0/1 mask `[B, T]`."""
+    allowed = jnp.tril(jnp.ones((1, 1, t, t), bool))
+    if mask is not None:
+        allowed = allowed & (mask[:, None, None, :] > 0)
+    return jnp.where(allowed, 0.0, NEG_INF).astype(jnp.float32)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
+    """Scaled dot-product attention, softmax in fp32. q, k, v `[B, T, H, dh]` -> `[B, T, H, dh]`."""
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    scores = scores / math.sqrt(q.shape[-1])
+    probs = jax.nn.softmax(scores + bias, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+def _linear(n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+    # kernel [in, out], the layout of HF's Conv1D weights: they load without a transpose
+    return nnx.Linear(n_in, n_out, kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
+
+
+def _layer_norm(d: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # two-pass variance, as PyTorch computes it
+    return nnx.LayerNorm(d, epsilon=eps, use_fast_variance=False, rngs=rngs)
+
+
+class CausalSelfAttention(nnx.Module):
+    def __init__(self, cfg: GPT2Config, rngs: nnx.Rngs):
+        d = cfg.hidden_size
+        self.num_heads = cfg.num_heads
+        self.c_attn = _linear(d, 3 * d, rngs)  # q, k, v in one matmul
+        self.c_proj = _linear(d, d, rngs)
+
+    def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
+        """x `[B, T, d]`, bias `[B, 1, T, T]` -> `[B, T, d]`."""
+        b, t, d = x.shape
+        q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
+        q, k, v = (z.reshape(b, t, self.num_heads, d // self.num_heads) for z in (q, k, v))
+        return self.c_proj(attention(q, k, v, bias).reshape(b, t, d))
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: GPT2Config, rngs: nnx.Rngs):
+        self.c_fc = _linear(cfg.hidden_size, cfg.intermediate_size, rngs)
+        self.c_proj = _linear(cfg.intermediate_size, cfg.hidden_size, rngs)
+        self.activation = cfg.activation
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.c_proj(ACTIVATIONS[self.activation](self.c_fc(x)))
+
+
+class Block(nnx.Module):
+    """Pre-LayerNorm residual block."""
+
+    def __init__(self, cfg: GPT2Config, rngs: nnx.Rngs):
+        self.ln_1 = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, rngs)
+        self.attn = CausalSelfAttention(cfg, rngs)
+        self.ln_2 = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, rngs)
+        self.mlp = MLP(cfg, rngs)
+
+    def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
+        x = x + self.attn(self.ln_1(x), bias)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2(nnx.Module):
+    """GPT-2 language model. `embedding` (wte) is swappable; `out_embedding` gives the logits."""
+
+    def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs):
+        cfg = self.config = config
+        self.embedding = Embedding(
+            0.02 * jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size)))
+        self.wpe = nnx.Param(
+            0.01 * jax.random.normal(rngs.params(), (cfg.max_positions, cfg.hidden_size)))
+        self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+        self.ln_f = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, rngs)
+        self.tied = cfg.tie_word_embeddings
+        if self.tied:
+            self.out_embedding = self.embedding
+        else:  # an untied lm_head [V, d]
+            self.out_embedding = Embedding(
+                0.02 * jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size)))
+
+    def encode(self, ids: jax.Array, attention_mask: jax.Array | None = None,
+               token_type_ids: jax.Array | None = None) -> jax.Array:
+        """ids `[B, T]` int, right-padded with attention_mask `[B, T]` 0/1 -> hidden `[B, T, d]`
+        after ln_f. Positions are arange(T). `token_type_ids` is ignored (GPT-2 has no segments).
+        """
+        t = ids.shape[1]
+        if t > self.config.max_positions:
+            raise ConfigError(f"sequence of {t} tokens, longer than the model's "
+                              f"{self.config.max_positions} positions")
+        x = self.embedding(ids) + self.wpe[...][:t]
+        bias = attention_bias(attention_mask, t)
+        for block in self.blocks:
+            x = block(x, bias)
+        return self.ln_f(x)
+
+    def __call__(self, ids: jax.Array, attention_mask: jax.Array | None = None,
+                 token_type_ids: jax.Array | None = None) -> jax.Array:
+        """Logits `[B, T, V]` of the next token."""
+        return self.out_embedding.attend(self.encode(ids, attention_mask))
+
+
+# ----------------------------------------------------------------------------- loading
+
+PREFIXES = ("transformer.", "")  # GPT2LMHeadModel keys / GPT2Model (and the original gpt2 repo)
+
+
+def load_hf_state(model: GPT2, state: dict) -> None:
+    """Copy a Hugging Face state dict into `model`, asserting every shape.
+
+    HF GPT-2 uses Conv1D layers whose weights are stored [in, out], as nnx.Linear's kernel.
+    """
+    def put(param: nnx.Param, name: str):
+        param.set_value(jnp.asarray(take(state, name, param.shape, prefixes=PREFIXES)))
+
+    def put_norm(ln: nnx.LayerNorm, name: str):
+        put(ln.scale, name + ".weight")
+        put(ln.bias, name + ".bias")
+
+    def put_linear(lin: nnx.Linear, name: str):
+        put(lin.kernel, name + ".weight")
+        put(lin.bias, name + ".bias")
+
+    put(model.embedding.weight, "wte.weight")
+    put(model.wpe, "wpe.weight")
+    for i, block in enumerate(model.blocks):
+        p = f"h.{i}."
+        put_norm(block.ln_1, p + "ln_1")
+        put_linear(block.attn.c_attn, p + "attn.c_attn")
+        put_linear(block.attn.c_proj, p + "attn.c_proj")
+        put_norm(block.ln_2, p + "ln_2")
+        put_linear(block.mlp.c_fc, p + "mlp.c_fc")
+        put_linear(block.mlp.c_proj, p + "mlp.c_proj")
+    put_norm(model.ln_f, "ln_f")
+    if not model.tied:
+        put(model.out_embedding.weight, "lm_head.weight")
+    n = len(model.blocks)
+    if any(p + f"h.{n}.ln_1.weight" in state for p in PREFIXES):
+        raise WeightsError(f"checkpoint has more layers than its config's n_layer={n}")
+
+
+def check_loaded(model: nnx.Module) -> None:
+    """Assert that the mapping filled every parameter of the abstract (eval_shape) model."""
+    empty = [".".join(map(str, path)) for path, node in nnx.iter_graph(model)
+             if isinstance(node, nnx.Param) and isinstance(node.get_value(), jax.ShapeDtypeStruct)]
+    assert not empty, f"parameters left unloaded: {empty}"
+
+
+def cast_params(model: nnx.Module, dtype) -> None:
+    """Cast every floating parameter of `model` to `dtype`, in place."""
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Param) and jnp.issubdtype(node.dtype, jnp.floating):
+            node.set_value(node[...].astype(dtype))
+
+
+def load_tokenizer(path: Path):
+    """The checkpoint's fast tokenizer, right padding, with a pad token (GPT-2 has none: the
+    attention mask hides pad positions, so reusing eos is harmless)."""
+    import transformers
+
+    # the class named in tokenizer_config.json rather than AutoTokenizer, whose config
+    # machinery imports torch (seconds of start-up, and torch is no dependency of dirjax)
+    config_file = path / "tokenizer_config.json"
+    try:
+        name = (json.loads(config_file.read_text()).get("tokenizer_class")
+                if config_file.exists() else None)
+    except ValueError as e:
+        raise WeightsError(f"{config_file} is not valid JSON: {e}") from None
+    cls = (getattr(transformers, name.removesuffix("Fast") + "Fast", None) if name
+           else transformers.GPT2TokenizerFast)
+    try:
+        tok = (cls or transformers.AutoTokenizer).from_pretrained(str(path))
+    except (OSError, ValueError, TypeError) as e:
+        raise WeightsError(f"{path}: cannot load the tokenizer: {str(e).splitlines()[0]}") from None
+    tok.padding_side = "right"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def from_hf_dir(path, dtype=None):
+    """`(GPT2, tokenizer)` from a Hugging Face directory; parameters fp32 unless `dtype`."""
+    path = Path(path)
+    config = GPT2Config.from_hf(json.loads((path / "config.json").read_text()))
+    state = read_safetensors(path)
+    # build the module tree without allocating random weights, then fill it
+    model = nnx.eval_shape(lambda: GPT2(config, rngs=nnx.Rngs(0)))
+    load_hf_state(model, state)
+    check_loaded(model)
+    if dtype is not None:
+        cast_params(model, dtype)
+    return model, load_tokenizer(path)

@@ -1,0 +1,303 @@
+"""Llama-family causal language model (Llama 2/3, SmolLM, Mistral-style dense) in Flax NNX.
+
+Read top to bottom: the config, the blocks (RMSNorm, RoPE, grouped-query attention, SwiGLU
+MLP), the model, then loading from a Hugging Face directory (safetensors) or a GGUF file.
+Both loaders go through `from_state`, the one explicit mapping from Hugging Face tensor names
+to our modules, with a shape assert on every tensor. Batches are right-padded and
+positions are arange(T), as everywhere in dirjax.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dirjax.embedding import Embedding
+from dirjax.errors import WeightsError
+from dirjax.models.weights import read_safetensors, take
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int          # < num_heads: grouped-query attention
+    head_dim: int
+    intermediate_size: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    # RoPE scaling ("default": none; "linear"; "llama3" with the four fields below)
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_positions: int = 8192
+    tie_word_embeddings: bool = False
+
+    @classmethod
+    def from_hf(cls, c: dict) -> "LlamaConfig":
+        """From a Hugging Face `config.json` dict (transformers v4 or v5 spelling of RoPE)."""
+        for key in ("attention_bias", "mlp_bias"):
+            if c.get(key):
+                raise WeightsError(f"Llama checkpoints with {key}=true are not supported")
+        if c.get("hidden_act", "silu") != "silu":
+            raise WeightsError(f"Llama hidden_act {c['hidden_act']!r} is not supported (silu only)")
+        # v5 keeps theta and scaling in `rope_parameters`; v4 in `rope_theta` + `rope_scaling`
+        rope = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", "linear", "llama3"):
+            raise WeightsError(
+                f"RoPE scaling {rope_type!r} is not supported (default, linear, llama3)")
+        heads = c["num_attention_heads"]
+        return cls(
+            vocab_size=c["vocab_size"], hidden_size=c["hidden_size"],
+            num_layers=c["num_hidden_layers"], num_heads=heads,
+            num_kv_heads=c.get("num_key_value_heads") or heads,
+            head_dim=c.get("head_dim") or c["hidden_size"] // heads,
+            intermediate_size=c["intermediate_size"],
+            rms_norm_eps=c.get("rms_norm_eps", 1e-5),
+            rope_theta=rope.get("rope_theta", c.get("rope_theta", 10000.0)),
+            rope_type=rope_type,
+            rope_factor=rope.get("factor", 1.0),
+            rope_low_freq_factor=rope.get("low_freq_factor", 1.0),
+            rope_high_freq_factor=rope.get("high_freq_factor", 4.0),
+            rope_original_max_positions=rope.get(
+                "original_max_position_embeddings", c.get("max_position_embeddings", 8192)),
+            tie_word_embeddings=c.get("tie_word_embeddings", False),
+        )
+
+
+# ----------------------------------------------------------------------------- blocks
+
+class Linear(nnx.Module):
+    """y = x @ kernel, kernel [in, out] (Hugging Face stores [out, in]; transposed at load)."""
+
+    def __init__(self, kernel: jax.Array):
+        self.kernel = nnx.Param(kernel)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x @ self.kernel[...]
+
+
+class RMSNorm(nnx.Module):
+    """x / rms(x) * weight, computed in fp32 as Hugging Face does."""
+
+    def __init__(self, weight: jax.Array, eps: float):
+        self.weight = nnx.Param(weight)
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...] * x32.astype(x.dtype)
+
+
+def rope_frequencies(c: LlamaConfig) -> np.ndarray:
+    """Inverse frequencies [head_dim / 2] of RoPE, with Llama 3's or linear scaling."""
+    inv_freq = 1.0 / c.rope_theta ** (np.arange(0, c.head_dim, 2, dtype=np.float32) / c.head_dim)
+    if c.rope_type == "linear":
+        return inv_freq / c.rope_factor
+    if c.rope_type == "llama3":
+        # long wavelengths divided by `factor`, short ones kept, a smooth ramp in between
+        low_wavelen = c.rope_original_max_positions / c.rope_low_freq_factor
+        high_wavelen = c.rope_original_max_positions / c.rope_high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > low_wavelen, inv_freq / c.rope_factor, inv_freq)
+        smooth = ((c.rope_original_max_positions / wavelen - c.rope_low_freq_factor)
+                  / (c.rope_high_freq_factor - c.rope_low_freq_factor))
+        smoothed = (1 - smooth) * scaled / c.rope_factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    return inv_freq
+
+
+def rope_tables(c: LlamaConfig, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin [T, head_dim] for positions 0..T-1 (constants under jit: T is static)."""
+    angles = np.arange(length, dtype=np.float32)[:, None] * rope_frequencies(c)[None, :]
+    angles = np.concatenate([angles, angles], axis=-1)
+    return np.cos(angles), np.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: np.ndarray, sin: np.ndarray) -> jax.Array:
+    """Rotate x [B, T, H, hd] in Hugging Face's rotate-half layout (pairs i, i + hd/2)."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    cos, sin = cos[:, None, :].astype(x.dtype), sin[:, None, :].astype(x.dtype)
+    return x * cos + rotated * sin
+
+
+class Attention(nnx.Module):
+    """Causal grouped-query attention: num_kv_heads K/V heads, each shared by
+    num_heads / num_kv_heads query heads (never repeated in memory)."""
+
+    def __init__(self, c: LlamaConfig, q: Linear, k: Linear, v: Linear, o: Linear):
+        self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = q, k, v, o
+
+    def __call__(self, x: jax.Array, cos, sin, mask: jax.Array) -> jax.Array:
+        """x [B, T, d], mask [B, 1, T, T] bool (True = may attend) -> [B, T, d]."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).reshape(B, T, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(B, T, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(B, T, self.num_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=self.head_dim ** -0.5)
+        return self.o_proj(y.reshape(B, T, self.num_heads * self.head_dim))
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, gate: Linear, up: Linear, down: Linear):
+        self.gate_proj, self.up_proj, self.down_proj = gate, up, down
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nnx.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, attn_norm: RMSNorm, attn: Attention, mlp_norm: RMSNorm, mlp: MLP):
+        self.attn_norm, self.attn, self.mlp_norm, self.mlp = attn_norm, attn, mlp_norm, mlp
+
+    def __call__(self, x: jax.Array, cos, sin, mask: jax.Array) -> jax.Array:
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+def causal_mask(attention_mask: jax.Array | None, B: int, T: int) -> jax.Array:
+    """[B, 1, T, T] bool: query t sees keys s <= t that are not padding."""
+    mask = jnp.tril(jnp.ones((T, T), dtype=bool))[None, None]
+    if attention_mask is None:
+        return jnp.broadcast_to(mask, (B, 1, T, T))
+    return mask & (attention_mask[:, None, None, :] > 0)
+
+
+# ----------------------------------------------------------------------------- model
+
+class Llama(nnx.Module):
+    """Token embedding -> blocks -> final RMSNorm -> LM head (tied: the embedding's `attend`)."""
+
+    def __init__(self, config: LlamaConfig, embedding, blocks: list[Block], norm: RMSNorm,
+                 out_embedding=None):
+        self.config = config
+        self.embedding = embedding
+        self.blocks = nnx.List(blocks)
+        self.norm = norm
+        self.tied = out_embedding is None
+        self.out_embedding = embedding if out_embedding is None else out_embedding
+
+    def encode(self, ids: jax.Array, attention_mask: jax.Array | None = None,
+               token_type_ids=None) -> jax.Array:
+        """ids [B, T] int32, attention_mask [B, T] 0/1 -> final hidden states [B, T, d]."""
+        B, T = ids.shape
+        cos, sin = rope_tables(self.config, T)
+        mask = causal_mask(attention_mask, B, T)
+        x = self.embedding(ids)
+        for block in self.blocks:
+            x = block(x, cos, sin, mask)
+        return self.norm(x)
+
+    def __call__(self, ids: jax.Array, attention_mask: jax.Array | None = None,
+                 token_type_ids=None) -> jax.Array:
+        """ids [B, T] -> next-token logits [B, T, V]."""
+        return self.out_embedding.attend(self.encode(ids, attention_mask))
+
+
+def greedy(model, ids: list[int], max_new_tokens: int, eos_id: int | None = None) -> list[int]:
+    """Greedy continuation (new token ids) of one prompt `ids`.
+
+    No KV cache: every step reruns the jitted forward on one fixed [1, L] buffer (so it compiles
+    once); causal attention makes position n-1 see only the n tokens written so far. Fine for
+    the few tokens of a test or a demo.
+    """
+    L = len(ids) + max_new_tokens
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def next_token(state, buf, n):
+        logits = nnx.merge(graphdef, state)(buf)
+        return jnp.argmax(logits[0, n - 1])
+
+    buf = np.zeros((1, L), np.int32)
+    buf[0, :len(ids)] = ids
+    out = []
+    for n in range(len(ids), L):
+        tok = int(next_token(state, jnp.asarray(buf), n))
+        out.append(tok)
+        if tok == eos_id:
+            break
+        buf[0, n] = tok
+    return out
+
+
+# ----------------------------------------------------------------------------- loading
+
+PREFIXES = ("model.", "")  # LlamaForCausalLM nests the body under `model.`; LlamaModel does not
+
+
+def from_state(config: LlamaConfig, state: dict[str, np.ndarray], dtype=None) -> Llama:
+    """Build a Llama from Hugging Face-named tensors (each shape-checked) in `dtype` (fp32)."""
+    c, dtype = config, dtype or jnp.float32
+    d, hd, ff = c.hidden_size, c.head_dim, c.intermediate_size
+
+    def param(name, shape, transpose=False, prefixes=PREFIXES):
+        return jnp.asarray(take(state, name, shape, transpose, prefixes), dtype=dtype)
+
+    def linear(name, n_in, n_out):  # HF [out, in] -> our [in, out]
+        return Linear(param(name + ".weight", (n_in, n_out), transpose=True))
+
+    blocks = []
+    for i in range(c.num_layers):
+        p = f"layers.{i}."
+        attn = Attention(c, linear(p + "self_attn.q_proj", d, c.num_heads * hd),
+                         linear(p + "self_attn.k_proj", d, c.num_kv_heads * hd),
+                         linear(p + "self_attn.v_proj", d, c.num_kv_heads * hd),
+                         linear(p + "self_attn.o_proj", c.num_heads * hd, d))
+        mlp = MLP(linear(p + "mlp.gate_proj", d, ff), linear(p + "mlp.up_proj", d, ff),
+                  linear(p + "mlp.down_proj", ff, d))
+        blocks.append(Block(RMSNorm(param(p + "input_layernorm.weight", (d,)), c.rms_norm_eps), attn,
+                            RMSNorm(param(p + "post_attention_layernorm.weight", (d,)), c.rms_norm_eps),
+                            mlp))
+    embedding = Embedding(param("embed_tokens.weight", (c.vocab_size, d)))
+    norm = RMSNorm(param("norm.weight", (d,)), c.rms_norm_eps)
+    # tied unless the config unties the head and the checkpoint has its own lm_head
+    tied = c.tie_word_embeddings or "lm_head.weight" not in state
+    head = None if tied else Embedding(param("lm_head.weight", (c.vocab_size, d), prefixes=("",)))
+    return Llama(c, embedding, blocks, norm, head)
+
+
+def from_hf_dir(path: str | os.PathLike, dtype=None):
+    """(Llama, tokenizer) from a Hugging Face directory: config.json, *.safetensors, tokenizer."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    config = LlamaConfig.from_hf(json.loads((path / "config.json").read_text()))
+    model = from_state(config, read_safetensors(path), dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"cannot load the tokenizer in {path}: {e}".splitlines()[0]) from None
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def from_gguf(path: str | os.PathLike, dtype=None):
+    """(Llama, tokenizer) from a llama.cpp GGUF file, dequantised to fp32 (or `dtype`)."""
+    from dirjax.models.gguf import gguf_tokenizer, read_gguf
+
+    hf_config, state = read_gguf(path)
+    model = from_state(LlamaConfig.from_hf(hf_config), state, dtype)
+    return model, gguf_tokenizer(path)
