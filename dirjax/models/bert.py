@@ -21,7 +21,7 @@ from flax import nnx
 
 from dirjax.embedding import Embedding
 from dirjax.errors import ConfigError, WeightsError
-from dirjax.models.weights import read_safetensors, take
+from dirjax.models.weights import build_filled, load_tokenizer, read_safetensors, take
 
 NEG_INF = -1e9  # additive mask: exp(NEG_INF - max) is exactly 0 in fp32, and never NaN
 
@@ -245,42 +245,6 @@ def load_hf_state(model: Bert, state: dict) -> None:
         raise WeightsError(f"checkpoint has more layers than its config's num_hidden_layers={n}")
 
 
-def check_loaded(model: nnx.Module) -> None:
-    """Assert that the mapping filled every parameter of the abstract (eval_shape) model."""
-    empty = [".".join(map(str, path)) for path, node in nnx.iter_graph(model)
-             if isinstance(node, nnx.Param) and isinstance(node.get_value(), jax.ShapeDtypeStruct)]
-    assert not empty, f"parameters left unloaded: {empty}"
-
-
-def cast_params(model: nnx.Module, dtype) -> None:
-    """Cast every floating parameter of `model` to `dtype`, in place."""
-    for _, node in nnx.iter_graph(model):
-        if isinstance(node, nnx.Param) and jnp.issubdtype(node.dtype, jnp.floating):
-            node.set_value(node[...].astype(dtype))
-
-
-def load_tokenizer(path: Path):
-    """The checkpoint's fast tokenizer, padding on the right."""
-    import transformers
-
-    # the class named in tokenizer_config.json rather than AutoTokenizer, whose config
-    # machinery imports torch (seconds of start-up, and torch is no dependency of dirjax)
-    config_file = path / "tokenizer_config.json"
-    try:
-        name = (json.loads(config_file.read_text()).get("tokenizer_class")
-                if config_file.exists() else None)
-    except ValueError as e:
-        raise WeightsError(f"{config_file} is not valid JSON: {e}") from None
-    cls = (getattr(transformers, name.removesuffix("Fast") + "Fast", None) if name
-           else transformers.BertTokenizerFast)
-    try:
-        tok = (cls or transformers.AutoTokenizer).from_pretrained(str(path))
-    except (OSError, ValueError, TypeError) as e:
-        raise WeightsError(f"{path}: cannot load the tokenizer: {str(e).splitlines()[0]}") from None
-    tok.padding_side = "right"
-    return tok
-
-
 def from_hf_dir(path, dtype=None):
     """`(Bert, tokenizer)` from a Hugging Face directory; parameters fp32 unless `dtype`."""
     path = Path(path)
@@ -289,10 +253,6 @@ def from_hf_dir(path, dtype=None):
         json.loads((path / "config.json").read_text()),
         pooler=any(p + "pooler.dense.weight" in state for p in PREFIXES),
         mlm_head="cls.predictions.transform.dense.weight" in state)
-    # build the module tree without allocating random weights, then fill it
-    model = nnx.eval_shape(lambda: Bert(config, rngs=nnx.Rngs(0)))
-    load_hf_state(model, state)
-    check_loaded(model)
-    if dtype is not None:
-        cast_params(model, dtype)
-    return model, load_tokenizer(path)
+    model = build_filled(lambda: Bert(config, rngs=nnx.Rngs(0)),
+                         lambda m: load_hf_state(m, state), dtype)
+    return model, load_tokenizer(path, default_class="BertTokenizer")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from dirjax.errors import WeightsError
+from dirjax.models.weights import pad_right
 
 # llama.cpp tensor name -> Hugging Face LlamaForCausalLM name; {i} is the layer index.
 TENSOR_NAMES = {
@@ -137,10 +138,7 @@ def gguf_tokenizer(path: str | os.PathLike):
     except Exception as e:  # transformers wraps gguf errors in several types
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise WeightsError(f"cannot build the tokenizer of {path}: {msg}") from None
-    tokenizer.padding_side = "right"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return pad_right(tokenizer)
 
 
 def gguf_vocab(path: str | os.PathLike) -> list[str]:

@@ -19,7 +19,7 @@ from flax import nnx
 
 from dirjax.embedding import Embedding
 from dirjax.errors import ConfigError, WeightsError
-from dirjax.models.weights import read_safetensors, take
+from dirjax.models.weights import build_filled, load_tokenizer, read_safetensors, take
 
 NEG_INF = -1e9  # additive mask: exp(NEG_INF - max) is exactly 0 in fp32, and never NaN
 
@@ -202,54 +202,12 @@ def load_hf_state(model: GPT2, state: dict) -> None:
         raise WeightsError(f"checkpoint has more layers than its config's n_layer={n}")
 
 
-def check_loaded(model: nnx.Module) -> None:
-    """Assert that the mapping filled every parameter of the abstract (eval_shape) model."""
-    empty = [".".join(map(str, path)) for path, node in nnx.iter_graph(model)
-             if isinstance(node, nnx.Param) and isinstance(node.get_value(), jax.ShapeDtypeStruct)]
-    assert not empty, f"parameters left unloaded: {empty}"
-
-
-def cast_params(model: nnx.Module, dtype) -> None:
-    """Cast every floating parameter of `model` to `dtype`, in place."""
-    for _, node in nnx.iter_graph(model):
-        if isinstance(node, nnx.Param) and jnp.issubdtype(node.dtype, jnp.floating):
-            node.set_value(node[...].astype(dtype))
-
-
-def load_tokenizer(path: Path):
-    """The checkpoint's fast tokenizer, right padding, with a pad token (GPT-2 has none: the
-    attention mask hides pad positions, so reusing eos is harmless)."""
-    import transformers
-
-    # the class named in tokenizer_config.json rather than AutoTokenizer, whose config
-    # machinery imports torch (seconds of start-up, and torch is no dependency of dirjax)
-    config_file = path / "tokenizer_config.json"
-    try:
-        name = (json.loads(config_file.read_text()).get("tokenizer_class")
-                if config_file.exists() else None)
-    except ValueError as e:
-        raise WeightsError(f"{config_file} is not valid JSON: {e}") from None
-    cls = (getattr(transformers, name.removesuffix("Fast") + "Fast", None) if name
-           else transformers.GPT2TokenizerFast)
-    try:
-        tok = (cls or transformers.AutoTokenizer).from_pretrained(str(path))
-    except (OSError, ValueError, TypeError) as e:
-        raise WeightsError(f"{path}: cannot load the tokenizer: {str(e).splitlines()[0]}") from None
-    tok.padding_side = "right"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
 def from_hf_dir(path, dtype=None):
     """`(GPT2, tokenizer)` from a Hugging Face directory; parameters fp32 unless `dtype`."""
     path = Path(path)
     config = GPT2Config.from_hf(json.loads((path / "config.json").read_text()))
     state = read_safetensors(path)
-    # build the module tree without allocating random weights, then fill it
-    model = nnx.eval_shape(lambda: GPT2(config, rngs=nnx.Rngs(0)))
-    load_hf_state(model, state)
-    check_loaded(model)
-    if dtype is not None:
-        cast_params(model, dtype)
-    return model, load_tokenizer(path)
+    model = build_filled(lambda: GPT2(config, rngs=nnx.Rngs(0)),
+                         lambda m: load_hf_state(m, state), dtype)
+    # GPT-2 has no pad token: pad_right reuses eos (the attention mask hides pad positions)
+    return model, load_tokenizer(path, default_class="GPT2Tokenizer")

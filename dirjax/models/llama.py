@@ -21,7 +21,8 @@ from flax import nnx
 
 from dirjax.embedding import Embedding
 from dirjax.errors import WeightsError
-from dirjax.models.weights import read_safetensors, take
+from dirjax.models.generate import greedy  # noqa: F401  (re-exported: llama.greedy)
+from dirjax.models.weights import load_tokenizer, read_safetensors, take
 
 
 @dataclass(frozen=True)
@@ -214,33 +215,6 @@ class Llama(nnx.Module):
         return self.out_embedding.attend(self.encode(ids, attention_mask))
 
 
-def greedy(model, ids: list[int], max_new_tokens: int, eos_id: int | None = None) -> list[int]:
-    """Greedy continuation (new token ids) of one prompt `ids`.
-
-    No KV cache: every step reruns the jitted forward on one fixed [1, L] buffer (so it compiles
-    once); causal attention makes position n-1 see only the n tokens written so far. Fine for
-    the few tokens of a test or a demo.
-    """
-    L = len(ids) + max_new_tokens
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def next_token(state, buf, n):
-        logits = nnx.merge(graphdef, state)(buf)
-        return jnp.argmax(logits[0, n - 1])
-
-    buf = np.zeros((1, L), np.int32)
-    buf[0, :len(ids)] = ids
-    out = []
-    for n in range(len(ids), L):
-        tok = int(next_token(state, jnp.asarray(buf), n))
-        out.append(tok)
-        if tok == eos_id:
-            break
-        buf[0, n] = tok
-    return out
-
-
 # ----------------------------------------------------------------------------- loading
 
 PREFIXES = ("model.", "")  # LlamaForCausalLM nests the body under `model.`; LlamaModel does not
@@ -279,19 +253,10 @@ def from_state(config: LlamaConfig, state: dict[str, np.ndarray], dtype=None) ->
 
 def from_hf_dir(path: str | os.PathLike, dtype=None):
     """(Llama, tokenizer) from a Hugging Face directory: config.json, *.safetensors, tokenizer."""
-    from transformers import AutoTokenizer
-
     path = Path(path)
     config = LlamaConfig.from_hf(json.loads((path / "config.json").read_text()))
     model = from_state(config, read_safetensors(path), dtype)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"cannot load the tokenizer in {path}: {e}".splitlines()[0]) from None
-    tokenizer.padding_side = "right"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return model, load_tokenizer(path)
 
 
 def from_gguf(path: str | os.PathLike, dtype=None):

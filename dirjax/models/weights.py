@@ -1,10 +1,16 @@
-"""Reading checkpoints: safetensors only (never unpickle), plus shape-checked assignment."""
+"""Loading helpers shared by the model files: safetensors reading (never unpickle), shape-checked
+`take`, filling an abstract (eval_shape) NNX model, dtype casting, and the tokenizer."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from dirjax.errors import WeightsError
 
@@ -67,3 +73,62 @@ def take(state: dict[str, np.ndarray], name: str, shape: tuple[int, ...], transp
     if tuple(x.shape) != tuple(shape):
         raise WeightsError(f"tensor {name!r} has shape {tuple(x.shape)}, expected {tuple(shape)}")
     return np.ascontiguousarray(x)
+
+
+def build_filled(build: Callable[[], nnx.Module], fill: Callable[[nnx.Module], None],
+                 dtype=None) -> nnx.Module:
+    """`build()` under `nnx.eval_shape` (the module tree without allocating random weights),
+    `fill(model)` copies the checkpoint in, every parameter is asserted filled, then the
+    floating parameters are cast to `dtype` (kept fp32 when None)."""
+    model = nnx.eval_shape(build)
+    fill(model)
+    check_loaded(model)
+    if dtype is not None:
+        cast_params(model, dtype)
+    return model
+
+
+def check_loaded(model: nnx.Module) -> None:
+    """Assert that the mapping filled every parameter of the abstract (eval_shape) model."""
+    empty = [".".join(map(str, path)) for path, node in nnx.iter_graph(model)
+             if isinstance(node, nnx.Param) and isinstance(node.get_value(), jax.ShapeDtypeStruct)]
+    assert not empty, f"parameters left unloaded: {empty}"
+
+
+def cast_params(model: nnx.Module, dtype) -> None:
+    """Cast every floating parameter of `model` to `dtype`, in place."""
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Param) and jnp.issubdtype(node.dtype, jnp.floating):
+            node.set_value(node[...].astype(dtype))
+
+
+def load_tokenizer(path: Path, default_class: str | None = None):
+    """The fast tokenizer of the checkpoint directory `path`, made `pad_right`.
+
+    The class is the one named in tokenizer_config.json (else `default_class`, else
+    AutoTokenizer), rather than always AutoTokenizer, whose config machinery imports torch
+    (seconds of start-up, and torch is no dependency of dirjax).
+    """
+    import transformers
+
+    config_file = path / "tokenizer_config.json"
+    try:
+        name = (json.loads(config_file.read_text()).get("tokenizer_class")
+                if config_file.exists() else None) or default_class
+    except ValueError as e:
+        raise WeightsError(f"{config_file} is not valid JSON: {e}") from None
+    cls = getattr(transformers, name.removesuffix("Fast") + "Fast", None) if name else None
+    try:
+        tok = (cls or transformers.AutoTokenizer).from_pretrained(str(path))
+    except (OSError, ValueError, TypeError) as e:
+        raise WeightsError(f"{path}: cannot load the tokenizer: {str(e).splitlines()[0]}") from None
+    return pad_right(tok)
+
+
+def pad_right(tok):
+    """`tok` padding on the right (our models assume it), with a pad token: eos when it has
+    none (GPT-2, Llama), harmless because the attention mask hides pad positions."""
+    tok.padding_side = "right"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
