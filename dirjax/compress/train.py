@@ -1,0 +1,272 @@
+"""Training of the direction AutoEncoder: whole epochs as one compiled call, sharded by rows.
+
+Layout on a `Mesh(devices, ("data",))`:
+  - the table `[V, d]` is row-sharded (`P("data")`), padded with zero rows to a multiple of
+    the device count (padding is never drawn into a batch);
+  - parameters and Adam state are replicated; the compiler reduces gradients across devices;
+  - each epoch draws a permutation of the V rows on device from a key folded from
+    (seed, epoch) and runs `lax.scan` over the steps: no Python per step. On several
+    devices the permuted table is gathered once into `[steps, B, d]` (batch axis sharded);
+    on one device each step gathers its rows, so no second `[V, d]` array is made.
+
+Batches follow PyTorch's DataLoader(shuffle=True, drop_last=False), as in the paper: the
+last batch holds the V mod B left-over rows; its empty slots are filled with row 0 and get
+weight 0 in the loss, so it is a true mean over the rows it holds. The global batch is the
+same whatever the device count, which is why 1 and N devices give the same result
+(B must be a multiple of the device count).
+
+Checkpoints (params, Adam state, epoch, seed) go to `workdir` through Orbax every
+`checkpoint_every` epochs; a run with the same `workdir` resumes from the latest one, and,
+since the permutation of epoch e depends only on (seed, e), ends where an uninterrupted run ends.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from dirjax.compress import autoencoder as ae
+from dirjax.errors import ConfigError
+
+# XLA:CPU flags for the small matmuls of batch-32 steps: XNNPACK kernels instead of Eigen
+# (~1.6x faster steps here). XLA reads XLA_FLAGS when JAX starts its backend, so a program
+# that wants them (run.py, the benches) appends them to os.environ["XLA_FLAGS"] before its
+# first JAX computation. Results agree with the default kernels to fp32 rounding.
+FAST_CPU_XLA_FLAGS = "--xla_cpu_use_xnnpack=true"
+
+
+@dataclass
+class AEOptions:
+    """The paper's defaults."""
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_decay: float = 0.5
+    lr_decay_every: int = 4
+    w_cos: float = ae.W_COS
+    w_rec: float = ae.W_REC
+    alpha_start: float = 1.0
+    alpha_end: float = 0.1
+    anneal_fraction: float = 2 / 3
+    seed: int = 1
+    hidden: tuple = ()              # encoder hidden widths (nonlinear encoder)
+    activation: str = "relu"
+    init: str = "random"            # or "svd": start from the SVD solution (linear only)
+    row_weights: object = None      # [V] non-negative weights of the rows (e.g. token counts)
+    workdir: str | None = None      # Orbax checkpoints + resume
+    checkpoint_every: int = 1
+    progress: bool = True           # tqdm bar over epochs with loss and mean cosine
+    stop_after_epochs: int | None = None  # end early (a stand-in for a killed run)
+    unroll: int = 1                 # lax.scan unroll factor
+    devices: object = None          # devices of the mesh; default jax.devices()
+    log: list = field(default_factory=list)  # filled with one dict per epoch
+
+    @classmethod
+    def from_kwargs(cls, **kw) -> "AEOptions":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(kw) - known)
+        if unknown:
+            raise ConfigError(f"unknown option(s) for method 'ae': {', '.join(unknown)}")
+        opts = cls(**kw)
+        opts.hidden = tuple(opts.hidden)
+        if opts.epochs < 1 or opts.batch_size < 1 or opts.checkpoint_every < 1:
+            raise ConfigError("epochs, batch_size and checkpoint_every must be >= 1")
+        if opts.activation not in ae.ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {sorted(ae.ACTIVATIONS)}")
+        if opts.init not in ("random", "svd") or (opts.init == "svd" and opts.hidden):
+            raise ConfigError("init must be 'random' or 'svd' (svd needs a linear encoder)")
+        return opts
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A 1-D `("data",)` mesh over `devices` (default: every device of every process)."""
+    return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
+
+
+def shard_rows(x: np.ndarray | jax.Array, mesh: Mesh) -> jax.Array:
+    """`[V, ...]` -> global array row-sharded over the mesh, zero rows padded to a multiple of
+    the device count. A single-device array already in place is not copied."""
+    n = mesh.devices.size
+    sharding = NamedSharding(mesh, P("data"))
+    pad = (-x.shape[0]) % n
+    if isinstance(x, jax.Array) and pad == 0 and jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    if pad:
+        x = jnp.pad(jnp.asarray(x), [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+    shape = x.shape
+    return jax.make_array_from_callback(shape, sharding, lambda idx: np.asarray(x[idx]))
+
+
+def batch_plan(num_rows: int, batch_size: int, key) -> tuple[jax.Array, jax.Array]:
+    """Row ids `[steps, B]` of one shuffled epoch and their 0/1 weights `[steps, B]`."""
+    steps = -(-num_rows // batch_size)
+    pad = steps * batch_size - num_rows
+    perm = jax.random.permutation(key, num_rows)
+    ids = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)])
+    live = jnp.concatenate([jnp.ones((num_rows,), jnp.float32), jnp.zeros((pad,), jnp.float32)])
+    return ids.reshape(steps, batch_size), live.reshape(steps, batch_size)
+
+
+def make_epoch_fn(graphdef, optimizer, mesh: Mesh, num_rows: int, opts: AEOptions):
+    """The jitted epoch: (state, opt_state, table, row_w, key, alpha, lr) -> (state, opt_state,
+    mean loss, mean cosine). `state`/`opt_state` are donated: updated in place."""
+    batch_sharding = NamedSharding(mesh, P(None, "data"))
+    # One device: each step gathers its 32 rows from the table (no [V, d] permuted copy; a
+    # whole-table gather costs 0.1 s on CPU, 32-row gathers 0.03 s an epoch). Several devices:
+    # the table is row-sharded, so a per-step gather would need a collective per step;
+    # instead the permuted table is gathered once per epoch, batch axis sharded.
+    gather_per_step = mesh.devices.size == 1
+    loss_kw = dict(w_cos=opts.w_cos, w_rec=opts.w_rec)
+
+    def loss_fn(state, x, w, alpha):
+        x_hat = nnx.merge(graphdef, state)(x)
+        return ae.direction_loss(x_hat, x, alpha, w, **loss_kw)
+
+    def step(carry, batch, table, alpha, lr):
+        state, opt_state = carry
+        x, w = batch
+        if gather_per_step:  # x holds the batch's row ids
+            x = table.at[x].get(mode="promise_in_bounds")
+        (loss, cos), grads = jax.value_and_grad(loss_fn, has_aux=True)(state, x, w, alpha)
+        updates, opt_state = optimizer.update(grads, opt_state)
+        state = jax.tree.map(lambda p, u: p - lr * u, state, updates)
+        return (state, opt_state), (loss, cos)
+
+    @partial(jax.jit, donate_argnums=(0, 1))
+    def epoch(state, opt_state, table, row_w, key, alpha, lr):
+        ids, live = batch_plan(num_rows, opts.batch_size, key)
+        ws = jax.lax.with_sharding_constraint(live * row_w[ids], batch_sharding)
+        if gather_per_step:
+            xs = ids
+        else:  # one all-to-all per epoch instead of a collective per step
+            xs = jax.lax.with_sharding_constraint(table[ids], NamedSharding(mesh, P(None, "data", None)))
+        (state, opt_state), (losses, coss) = jax.lax.scan(
+            partial(step, table=table, alpha=alpha, lr=lr), (state, opt_state), (xs, ws),
+            unroll=opts.unroll)
+        # the epoch's means over rows, as a DataLoader loop averaging batch means would show
+        return state, opt_state, jnp.mean(losses), jnp.mean(coss)
+
+    return epoch
+
+
+def _checkpoint_manager(workdir: str, every: int):
+    import orbax.checkpoint as ocp
+    options = ocp.CheckpointManagerOptions(save_interval_steps=every, max_to_keep=2, create=True)
+    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+                                 options=options)
+
+
+def _restore(manager, target: dict) -> dict | None:
+    """The latest checkpoint laid out like `target` (shardings included), or None."""
+    import orbax.checkpoint as ocp
+    step = manager.latest_step()
+    if step is None:
+        return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except (ValueError, KeyError, TypeError) as e:  # another run's shapes or tree
+        raise ConfigError(f"{manager.directory} holds a checkpoint of another run "
+                          f"(use a fresh workdir): {str(e).splitlines()[0][:200]}") from None
+
+
+def gather_rows(x: jax.Array, rows: int) -> np.ndarray:
+    """A row-sharded global array (maybe across processes) -> host `[rows, ...]`."""
+    if not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x)[:rows]
+
+
+def encode_table(graphdef, state, table) -> jax.Array:
+    """codes = encoder(table), `[V, k]`, row-sharded like the table."""
+    return jax.jit(lambda s, t: nnx.merge(graphdef, s).encode(t))(state, table)
+
+
+def train_autoencoder(table, rank: int, opts: AEOptions, svd_init=None):
+    """Train on `table [V, d]`; return (codes `[V, k]`, weight `[k, d]`, bias `[d]`) as host arrays.
+
+    `svd_init`: (codes, V_k^T) to start from when opts.init == "svd".
+    """
+    num_rows, features = table.shape
+    mesh = make_mesh(opts.devices)
+    n_dev = mesh.devices.size
+    if opts.batch_size % n_dev:
+        raise ConfigError(f"batch_size {opts.batch_size} is not a multiple of {n_dev} devices")
+    replicated = NamedSharding(mesh, P())
+
+    model = ae.DirectionAutoEncoder(features, rank, hidden=opts.hidden,
+                                    activation=opts.activation, rngs=nnx.Rngs(opts.seed))
+    if opts.init == "svd":
+        ae.init_from_svd(model, svd_init)
+    graphdef, state = nnx.split(model)
+    # The learning rate is applied outside Adam, so the schedule is one scalar per epoch.
+    optimizer = optax.scale_by_adam()
+    state = jax.device_put(state, replicated)
+    opt_state = jax.device_put(optimizer.init(state), replicated)
+
+    table = shard_rows(table, mesh)
+    row_w = np.ones((num_rows,), np.float32) if opts.row_weights is None else \
+        np.asarray(opts.row_weights, np.float32)
+    row_w = shard_rows(row_w, mesh)
+    epoch_fn = make_epoch_fn(graphdef, optimizer, mesh, num_rows, opts)
+
+    manager = _checkpoint_manager(opts.workdir, opts.checkpoint_every) if opts.workdir else None
+    start = 0
+    try:
+        if manager is not None:
+            restored = _restore(manager, {"params": state, "opt_state": opt_state,
+                                          "epoch": 0, "seed": opts.seed})
+            if restored is not None:
+                if int(restored["seed"]) != opts.seed:
+                    raise ConfigError(f"{opts.workdir} holds a run with seed {restored['seed']}")
+                state, opt_state = restored["params"], restored["opt_state"]
+                start = int(restored["epoch"])
+        state = run_epochs(epoch_fn, state, opt_state, table, row_w, start, manager, opts)
+    finally:
+        if manager is not None:
+            manager.wait_until_finished()
+            manager.close()
+
+    codes = gather_rows(encode_table(graphdef, state, table), num_rows)
+    model = nnx.merge(graphdef, jax.device_get(state))
+    return codes, np.asarray(model.decoder.kernel[...]), np.asarray(model.decoder.bias[...])
+
+
+def run_epochs(epoch_fn, state, opt_state, table, row_w, start, manager, opts):
+    """Epochs `start`..end with progress and checkpoints; returns the trained params."""
+    from tqdm.auto import tqdm
+
+    last = opts.epochs if opts.stop_after_epochs is None else min(opts.epochs, opts.stop_after_epochs)
+    bar = tqdm(total=opts.epochs, initial=start, desc="ae epochs", unit="epoch",
+               disable=not opts.progress or jax.process_index() != 0)
+    base_key = jax.random.PRNGKey(opts.seed)
+    try:
+        for e in range(start, last):
+            tic, cpu_tic = time.perf_counter(), time.process_time()
+            alpha = ae.alpha_at(e, opts.epochs, opts.alpha_start, opts.alpha_end, opts.anneal_fraction)
+            lr = ae.lr_at(e, opts.lr, opts.lr_decay, opts.lr_decay_every)
+            state, opt_state, loss, cos = epoch_fn(
+                state, opt_state, table, row_w, jax.random.fold_in(base_key, e),
+                jnp.float32(alpha), jnp.float32(lr))
+            loss, cos = float(loss), float(cos)
+            opts.log.append({"epoch": e + 1, "loss": loss, "cos": cos, "alpha": alpha, "lr": lr,
+                             "seconds": time.perf_counter() - tic,
+                             "cpu_seconds": time.process_time() - cpu_tic})
+            bar.set_postfix(loss=f"{loss:.5f}", cos=f"{cos:.4f}")
+            bar.update(1)
+            if manager is not None:
+                import orbax.checkpoint as ocp
+                manager.save(e + 1, args=ocp.args.StandardSave(
+                    {"params": state, "opt_state": opt_state, "epoch": e + 1, "seed": opts.seed}))
+    finally:
+        bar.close()
+    return state

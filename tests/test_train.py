@@ -1,0 +1,83 @@
+"""Sharded AE training: 1 device == 4 devices, and a stopped + resumed run == an uninterrupted one."""
+import jax
+import numpy as np
+import pytest
+
+from dirjax.compress import compress
+from dirjax.compress.train import AEOptions, batch_plan, train_autoencoder
+
+
+def table(v=203, d=16, r=4, seed=0):
+    """A low-rank-plus-noise table; 203 rows: the last batch of 8 is partial."""
+    rng = np.random.default_rng(seed)
+    t = rng.standard_normal((v, r)) @ rng.standard_normal((r, d)) + 0.05 * rng.standard_normal((v, d))
+    return t.astype(np.float32)
+
+
+def train(t, **kw):
+    opts = AEOptions(**{"epochs": 4, "batch_size": 8, "progress": False, **kw})
+    return train_autoencoder(t, 3, opts), opts
+
+
+def test_there_are_four_devices():
+    assert len(jax.devices()) == 4
+
+
+def test_batch_plan_covers_every_row_once_and_masks_the_tail():
+    ids, live = batch_plan(203, 8, jax.random.PRNGKey(0))
+    assert ids.shape == live.shape == (26, 8)
+    ids, live = np.asarray(ids).ravel(), np.asarray(live).ravel()
+    assert sorted(ids[live == 1]) == list(range(203)) and live.sum() == 203
+    assert (live[:203] == 1).all()  # the padding sits in the last batch only
+
+
+def test_one_device_equals_four_devices():
+    t = table()
+    (c1, w1, b1), o1 = train(t, devices=jax.devices()[:1])
+    (c4, w4, b4), o4 = train(t, devices=jax.devices())
+    np.testing.assert_allclose(c1, c4, atol=1e-5)
+    np.testing.assert_allclose(w1, w4, atol=1e-5)
+    np.testing.assert_allclose(b1, b4, atol=1e-5)
+    assert [r["loss"] for r in o1.log] == pytest.approx([r["loss"] for r in o4.log], rel=1e-5)
+
+
+def test_training_lowers_the_loss_and_learns_directions():
+    t = table(r=3)  # rank 3 plus noise: a rank-3 code can get every direction nearly right
+    (codes, w, b), opts = train(t, epochs=8, lr=1e-2, lr_decay_every=100)
+    losses = [r["loss"] for r in opts.log]
+    assert losses[-1] < 0.5 * losses[0]
+    recon = codes @ w + b
+    cos = np.sum(recon * t, 1) / np.linalg.norm(recon, axis=1) / np.linalg.norm(t, axis=1)
+    assert cos.mean() > 0.95
+
+
+def test_stopped_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
+    t = table()
+    (c_full, w_full, _), _ = train(t, devices=jax.devices())
+    (_, _, _), first = train(t, workdir=str(tmp_path), stop_after_epochs=2)
+    assert len(first.log) == 2
+    assert (tmp_path / "checkpoints").is_dir()
+    (c_res, w_res, _), second = train(t, workdir=str(tmp_path))
+    assert [r["epoch"] for r in second.log] == [3, 4]  # resumed: epochs 1-2 not redone
+    np.testing.assert_allclose(c_res, c_full, atol=1e-6)
+    np.testing.assert_allclose(w_res, w_full, atol=1e-6)
+
+
+def test_compress_ae_end_to_end_with_svd_init():
+    t = table()
+    svd = compress(t, rank=3, method="svd")
+    emb = compress(t, rank=3, method="ae", init="svd", epochs=2, batch_size=8, progress=False,
+                   lr=1e-4)
+    assert emb.method == "ae" and emb.codes.shape == (203, 3)
+    # started at the SVD optimum, a few small steps keep it close to it
+    assert emb.metrics["cos_mean"] > svd.metrics["cos_mean"] - 0.01
+
+
+# Orbax leaves a tensorstore handle of the failed restore to the garbage collector
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_workdir_of_another_run_is_a_config_error(tmp_path):
+    from dirjax.errors import ConfigError
+    train(table(), workdir=str(tmp_path), epochs=1)
+    with pytest.raises(ConfigError, match="another run"):
+        train_autoencoder(table(), 2, AEOptions(epochs=2, batch_size=8, progress=False,
+                                                workdir=str(tmp_path)))
