@@ -1,0 +1,239 @@
+"""Perplexity of causal LMs (sliding window over a token stream) and of masked LMs (BERT).
+
+Causal: Hugging Face's sliding-window recipe. Windows of `max_length` tokens start every
+`stride` tokens; each window scores only the tokens the previous window did not (its last
+`end - prev_end`), with everything before them in the window as context, so every token is
+scored once. A token with no predecessor in its window cannot be scored: the stream's first
+token, and with `stride == max_length` (non-overlapping windows) the first token of every
+window, so N tokens in W such windows score N - W.
+
+Masked: whole-word masking. Each line of at least `min_tokens` WordPiece tokens is tokenised
+(with [CLS]/[SEP], truncated to `max_length`); words are a token plus its `##` continuations;
+words are drawn in a seeded random order and masked whole until round(p * tokens) tokens are
+masked (Hugging Face's DataCollatorForWholeWordMask rule). Every masked token is replaced by
+[MASK] (not BERT's 80/10/10 mix, so the score is deterministic and measures recovery of the
+hidden word). Metric: exp(mean NLL of the original tokens at the masked positions).
+
+Both return {"ppl": exp(nll), "nll": mean NLL in nats, "tokens": number of tokens scored}.
+The model runs under one `jax.jit` per padded shape; batches are padded to a fixed size with
+dummy rows whose scores are dropped.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from dirjax.errors import ConfigError, DataError
+
+# padded lengths of variable-length batches: one compile per bucket
+BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
+
+
+def tokenize_stream(tokenizer, text: str, max_tokens: int = 0) -> np.ndarray:
+    """Token ids `[N]` int32 of `text` as one stream, no special tokens (no BOS); first `max_tokens`."""
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    if max_tokens:
+        ids = ids[:max_tokens]
+    return np.asarray(ids, dtype=np.int32)
+
+
+# ---------------------------------------------------------------------------- causal LM
+
+def sliding_windows(n: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored position) of each window over a stream of `n` tokens.
+
+    Token `t` is scored (predicted from tokens begin..t-1) for first <= t < end.
+    """
+    if max_length < 2 or not 1 <= stride <= max_length:
+        raise ConfigError(f"need max_length >= 2 and 1 <= stride <= max_length, "
+                          f"got max_length={max_length}, stride={stride}")
+    windows, prev_end = [], 0
+    for begin in range(0, n, stride):
+        end = min(begin + max_length, n)
+        # a token needs a predecessor inside its window
+        windows.append((begin, end, max(prev_end, begin + 1)))
+        prev_end = end
+        if end == n:
+            break
+    return windows
+
+
+def window_arrays(ids: np.ndarray, max_length: int, stride: int):
+    """Windows as padded arrays: tokens, attention mask, score weights, each `[W, max_length]`.
+
+    weights[w, j] = 1 when token j of window w is scored (from the logits at j - 1).
+    """
+    windows = sliding_windows(len(ids), max_length, stride)
+    shape = (len(windows), max_length)
+    tokens, mask, weights = (np.zeros(shape, np.int32) for _ in range(3))
+    for w, (begin, end, first) in enumerate(windows):
+        tokens[w, :end - begin] = ids[begin:end]
+        mask[w, :end - begin] = 1
+        weights[w, first - begin:end - begin] = 1
+    return tokens, mask, weights
+
+
+def _causal_nll(graphdef, state, tokens, mask, weights):
+    """Summed NLL `[B]` of the weighted tokens of each window `tokens [B, T]`."""
+    model = nnx.merge(graphdef, state)
+    logits = model(tokens, attention_mask=mask).astype(jnp.float32)[:, :-1]   # [B, T-1, V]
+    target = tokens[:, 1:]
+    # logsumexp - logit[target]: never materialises the [B, T, V] log-softmax
+    nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(
+        logits, target[..., None], axis=-1)[..., 0]
+    # where, not multiply: a padded position may hold inf/nan and 0 * nan = nan
+    return jnp.where(weights[:, 1:] > 0, nll, 0.0).sum(axis=1)
+
+
+def jit_on_model(fn, model):
+    """(jitted fn(state, *arrays), state) for `fn(graphdef, state, *arrays)` on `model`.
+
+    The graph definition is closed over rather than a static argument: a module may hold
+    unhashable static data (e.g. a dict of metrics), and one evaluation is one compile anyway.
+    """
+    graphdef, state = nnx.split(model)
+    return jax.jit(lambda st, *arrays: fn(graphdef, st, *arrays)), state
+
+
+def _run_batches(fn, model, arrays, batch_size: int, desc: str, progress: bool) -> np.ndarray:
+    """fn(graphdef, state, *batch) -> [B] over rows of `arrays`, padding the last batch."""
+    step, state = jit_on_model(fn, model)
+    n = len(arrays[0])
+    out = []
+    for start in tqdm(range(0, n, batch_size), desc=desc, leave=False, disable=not progress):
+        batch = [a[start:start + batch_size] for a in arrays]
+        short = batch_size - len(batch[0])
+        if short:
+            # dummy rows: mask 1 so no row is fully masked (softmax of all -inf is nan)
+            batch = [np.concatenate([b, np.ones((short, *b.shape[1:]), b.dtype)]) for b in batch]
+        out.append(np.asarray(step(state, *batch))[:batch_size - short])
+    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+def causal_perplexity(model, ids, *, max_length: int = 512, stride: int | None = None,
+                      batch_size: int = 4, progress: bool = True) -> dict:
+    """Sliding-window perplexity of a causal LM over the token stream `ids [N]`."""
+    ids = np.asarray(ids, np.int32)
+    if len(ids) < 2:
+        raise DataError(f"need at least 2 tokens to measure perplexity, got {len(ids)}")
+    tokens, mask, weights = window_arrays(ids, max_length, stride or max_length)
+    sums = _run_batches(_causal_nll, model, (tokens, mask, weights), batch_size,
+                        "perplexity", progress)
+    count = int(weights[:, 1:].sum())
+    nll = float(sums.sum() / count)
+    return {"ppl": math.exp(nll), "nll": nll, "tokens": count}
+
+
+# ---------------------------------------------------------------------------- masked LM
+
+@dataclass
+class MaskedExample:
+    """One masked line: `input_ids [T]` with [MASK]s, `labels [T]` original id or -100."""
+    input_ids: np.ndarray
+    labels: np.ndarray
+
+
+def word_spans(tokens: list[str], special: list[int]) -> list[list[int]]:
+    """Positions of each whole word: a token and its following `##` pieces; specials excluded."""
+    words: list[list[int]] = []
+    for i, (tok, sp) in enumerate(zip(tokens, special)):
+        if sp:
+            continue
+        if tok.startswith("##") and words and words[-1][-1] == i - 1:
+            words[-1].append(i)
+        else:
+            words.append([i])
+    return words
+
+
+def choose_masked_words(words: list[list[int]], probability: float,
+                        rng: np.random.Generator) -> list[int]:
+    """Positions to mask: whole words in random order until round(p * tokens) are covered."""
+    n_tokens = sum(len(w) for w in words)
+    budget = max(1, round(n_tokens * probability))
+    chosen: list[int] = []
+    for w in rng.permutation(len(words)):
+        if len(chosen) >= budget:
+            break
+        if len(chosen) + len(words[w]) > budget:
+            continue
+        chosen.extend(words[w])
+    return sorted(chosen)
+
+
+def mask_lines(tokenizer, lines: list[str], *, probability: float = 0.15, min_tokens: int = 20,
+               max_length: int = 512, seed: int = 0) -> list[MaskedExample]:
+    """Whole-word-masked examples from the lines with at least `min_tokens` word pieces.
+
+    Line i draws from np.random.default_rng([seed, i]): the same seed gives the same masks,
+    and one line's masks do not depend on which other lines are kept.
+    """
+    if tokenizer.mask_token_id is None:
+        raise ConfigError("the tokenizer has no [MASK] token: not a masked-LM tokenizer")
+    enc = tokenizer(lines, add_special_tokens=True, truncation=True, max_length=max_length,
+                    return_special_tokens_mask=True)
+    examples = []
+    for i, (ids, special) in enumerate(zip(enc["input_ids"], enc["special_tokens_mask"])):
+        if len(ids) - sum(special) < min_tokens:
+            continue
+        words = word_spans(tokenizer.convert_ids_to_tokens(ids), special)
+        positions = choose_masked_words(words, probability, np.random.default_rng([seed, i]))
+        ids = np.asarray(ids, np.int32)
+        labels = np.full_like(ids, -100)
+        labels[positions] = ids[positions]
+        masked = ids.copy()
+        masked[positions] = tokenizer.mask_token_id
+        examples.append(MaskedExample(masked, labels))
+    return examples
+
+
+def bucket_batches(lengths: list[int], batch_size: int):
+    """Batches of indices, sorted by length, each with its padded length from BUCKETS."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        longest = max(lengths[i] for i in idx)
+        yield idx, next((b for b in BUCKETS if b >= longest), longest)
+
+
+def pad_rows(rows: list[np.ndarray], length: int, value: int) -> np.ndarray:
+    out = np.full((len(rows), length), value, np.int32)
+    for r, row in enumerate(rows):
+        out[r, :len(row)] = row
+    return out
+
+
+def _masked_nll(graphdef, state, tokens, mask, labels):
+    """Summed NLL `[B]` of the original tokens at the masked positions (labels >= 0)."""
+    model = nnx.merge(graphdef, state)
+    logits = model(tokens, attention_mask=mask).astype(jnp.float32)          # [B, T, V]
+    target = jnp.maximum(labels, 0)
+    nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(
+        logits, target[..., None], axis=-1)[..., 0]
+    return jnp.where(labels >= 0, nll, 0.0).sum(axis=1)
+
+
+def mlm_perplexity(model, examples: list[MaskedExample], *, batch_size: int = 8,
+                   progress: bool = True) -> dict:
+    """exp(mean NLL over all masked tokens) of a masked LM on whole-word-masked examples."""
+    if not examples:
+        raise DataError("no line is long enough for masked-LM evaluation")
+    step, state = jit_on_model(_masked_nll, model)
+    total, count = 0.0, 0
+    batches = list(bucket_batches([len(e.input_ids) for e in examples], batch_size))
+    for idx, length in tqdm(batches, desc="mlm perplexity", leave=False, disable=not progress):
+        rows = [examples[i] for i in idx] + [examples[idx[0]]] * (batch_size - len(idx))
+        tokens = pad_rows([e.input_ids for e in rows], length, 0)
+        mask = pad_rows([np.ones_like(e.input_ids) for e in rows], length, 0)
+        labels = pad_rows([e.labels for e in rows], length, -100)
+        sums = np.asarray(step(state, tokens, mask, labels), np.float64)
+        total += float(sums[:len(idx)].sum())
+        count += int(sum((examples[i].labels >= 0).sum() for i in idx))
+    nll = total / count
+    return {"ppl": math.exp(nll), "nll": nll, "tokens": count}

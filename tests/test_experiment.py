@@ -1,0 +1,116 @@
+"""End to end on the tiny checkpoints: one rate, all outputs written, compressions reused."""
+import json
+from pathlib import Path
+
+import pytest
+
+from dirjax.errors import ConfigError, DataError
+from dirjax.experiment import base_config, check_config, run_experiment
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def tiny_config(**over):
+    c = base_config()
+    c.model = str(FIXTURES / "tiny-llama")
+    c.max_tokens = 300
+    c.max_length = 64
+    c.batch_size = 2
+    c.rates = (4.0,)
+    c.methods = ("svd", "ae")
+    c.method_options.ae = {"epochs": 2, "batch_size": 64}
+    c.progress = False
+    for k, v in over.items():
+        setattr(c, k, v)
+    return c
+
+
+def test_one_rate_end_to_end_writes_everything_and_reuses_compressions(tmp_path):
+    rows = run_experiment(tiny_config(), tmp_path)
+    # original + 2 methods x 1 rate x 2 outputs
+    assert [(r["method"], r["output"]) for r in rows] == [
+        ("original", None), ("svd", "tied"), ("svd", "original"), ("ae", "tied"), ("ae", "original")]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == json.loads(json.dumps(rows))
+    md = (tmp_path / "results.md").read_text()
+    assert md.count("\n") == 2 + len(rows) and "| ae | tied | 4 |" in md
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    original = rows[0]
+    assert original["metric"] == "ppl" and original["embedding_params"] == 1000 * 64
+    assert original["tokens"] == 300 - 5                   # 5 windows of <= 64, no overlap
+    for r in rows[1:]:
+        # rank 14 for 1000x64 at rate 4: (1000*64/4 - 64) / 1064 = 14.98 -> 14
+        assert r["rank"] == 14 and r["achieved_rate"] >= 4.0
+        assert r["embedding_params"] == 1000 * 14 + 14 * 64 + 64
+        assert r["value"] > 0 and r["tokens"] == original["tokens"] and not r["reused"]
+        assert Path(r["embedding_dir"]).is_dir() and 0 < r["mean_cosine"] < 1
+    # the same method/rate, two outputs: same compression, different models
+    assert rows[1]["embedding_dir"] == rows[2]["embedding_dir"]
+    assert rows[1]["value"] != rows[2]["value"]
+
+    again = run_experiment(tiny_config(), tmp_path)
+    assert all(r["reused"] and r["compress_seconds"] == 0 for r in again[1:])
+    for a, b in zip(rows, again):
+        assert a["value"] == pytest.approx(b["value"], rel=1e-6)
+
+
+def test_changed_options_do_not_reuse_a_compression(tmp_path):
+    first = run_experiment(tiny_config(methods=("svd",), outputs=("tied",)), tmp_path)
+    c = tiny_config(methods=("svd",), outputs=("tied",))
+    c.method_options.svd = {"seed": 1}
+    second = run_experiment(c, tmp_path)
+    assert not second[1]["reused"]
+    assert first[1]["embedding_dir"] != second[1]["embedding_dir"]
+    assert len(list((tmp_path / "embeddings").glob("svd-rate4-*"))) == 2
+
+
+def test_encoder_sts_and_masked_lm(tmp_path):
+    data_dir = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    sts = run_experiment(tiny_config(model=str(FIXTURES / "tiny-bert"), task="sts",
+                                     dataset="stsb", split="validation", max_examples=40,
+                                     data_dir=str(data_dir), methods=("svd",)), tmp_path / "s")
+    assert [r["metric"] for r in sts] == ["spearman_x100"] * 3    # tied MLM head: 2 outputs
+    assert all(-100 <= r["value"] <= 100 and r["examples"] == 40 for r in sts)
+    mlm = run_experiment(tiny_config(model=str(FIXTURES / "tiny-bert"), task="mlm_ppl",
+                                     max_examples=8, methods=("svd",), outputs=("tied",)),
+                         tmp_path / "m")
+    assert [r["metric"] for r in mlm] == ["mlm_ppl"] * 2 and mlm[0]["examples"] == 8
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("task", "translate", "config.task"),
+    ("rates", (0.5,), "rates"),
+    ("outputs", ("both",), "outputs"),
+    ("stride", 1000, "stride"),
+    ("dataset", "stsb", "reads one of"),
+])
+def test_bad_config_values_fail_before_any_work(tmp_path, field, value, match):
+    with pytest.raises(ConfigError, match=match):
+        run_experiment(tiny_config(**{field: value}), tmp_path)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_unknown_field_is_named():
+    c = tiny_config()
+    c.rate = 5
+    with pytest.raises(ConfigError, match="unknown config field.*rate"):
+        check_config(c)
+
+
+def test_unknown_method_fails_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match="unknown method.*magic"):
+        run_experiment(tiny_config(methods=("svd", "magic")), tmp_path)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_rate_too_high_for_the_table_fails_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match="rank"):
+        run_experiment(tiny_config(rates=(4.0, 500.0)), tmp_path)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_missing_data_file_fails_before_any_work(tmp_path):
+    with pytest.raises(DataError, match="missing data file"):
+        run_experiment(tiny_config(dataset="wikitext-2-raw", split="test",
+                                   data_dir=str(tmp_path)), tmp_path / "w")
+    assert not (tmp_path / "w").exists()

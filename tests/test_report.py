@@ -1,0 +1,60 @@
+"""Reports: markdown table, JSON rows, PNG plot, all written atomically."""
+import json
+import os
+
+import pytest
+
+from dirjax import report
+
+ROWS = [
+    dict(model="tiny", method="original", rate=1.0, rank=None, output=None, dataset="stdlib",
+         metric="ppl", value=30.61, tokens=8160, embedding_params=28_311_552, seconds=12.3),
+    dict(model="tiny", method="svd", rate=10.0, rank=53, output="tied", dataset="stdlib",
+         metric="ppl", value=25909.4, tokens=8160, embedding_params=2_636_352, seconds=11.0,
+         mean_cosine=0.8123),
+    dict(model="tiny", method="svd", rate=5.0, rank=110, output="tied", dataset="stdlib",
+         metric="ppl", value=6000.0, tokens=8160, embedding_params=5_470_848, seconds=11.0,
+         mean_cosine=0.9),
+    dict(model="tiny", method="ae", rate=10.0, rank=53, output="original", dataset="stdlib",
+         metric="ppl", value=6256.0, tokens=8160, embedding_params=2_636_352, seconds=10.5,
+         mean_cosine=0.7),
+]
+
+
+def test_markdown_table_has_a_row_per_result():
+    md = report.markdown_table(ROWS)
+    lines = md.strip().split("\n")
+    assert lines[0].startswith("| model | method | output | rate | rank |")
+    assert "mean cos" in lines[0]
+    assert len(lines) == 2 + len(ROWS)
+    assert "| tiny | original | - | 1 | - | stdlib | ppl | 30.61 | 8,160 | 28,311,552 | - | 12.3 |" in md
+    assert "| tiny | svd | tied | 10 | 53 | stdlib | ppl | 25,909.40 | 8,160 | 2,636,352 | 0.8123 | 11.0 |" in md
+
+
+def test_write_results_writes_all_three_files(tmp_path):
+    report.write_results(ROWS, tmp_path)
+    assert report.read_results(tmp_path) == ROWS
+    assert (tmp_path / "results.md").read_text() == report.markdown_table(ROWS)
+    png = (tmp_path / "plot.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert sorted(os.listdir(tmp_path)) == ["plot.png", "results.json", "results.md"]
+
+
+def test_plot_of_sts_rows_and_two_metrics(tmp_path):
+    rows = [dict(r, metric="spearman_x100", value=80.0 - i) for i, r in enumerate(ROWS)]
+    report.plot(rows + ROWS, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_atomic_write_keeps_the_old_file_when_replace_fails(tmp_path, monkeypatch):
+    target = tmp_path / "results.json"
+    report.atomic_write(target, json.dumps([1]))
+
+    def broken(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken)
+    with pytest.raises(OSError):
+        report.atomic_write(target, json.dumps([1, 2]))
+    assert json.loads(target.read_text()) == [1]
+    assert os.listdir(tmp_path) == ["results.json"]      # no temporary file left behind
