@@ -8,6 +8,8 @@ Another method is one `register_method("name", fn)` away.
 """
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,8 +28,26 @@ class CompressedEmbedding(LowRankEmbedding):
                  metrics: dict | None = None, meta: dict | None = None):
         super().__init__(codes, weight, bias)
         self.method = method
-        self.metrics = dict(metrics or {})  # plain dicts: NNX keeps them as static data
-        self.meta = dict(meta or {})
+        self.metrics = metrics or {}
+        self.meta = meta or {}
+
+    # NNX keeps non-array attributes as static data in the graphdef, which jax.jit hashes:
+    # store these dicts as JSON strings (hashable) and hand out fresh dicts.
+    @property
+    def metrics(self) -> dict:
+        return json.loads(self._metrics_json)
+
+    @metrics.setter
+    def metrics(self, value: dict) -> None:
+        self._metrics_json = json.dumps(dict(value), sort_keys=True)
+
+    @property
+    def meta(self) -> dict:
+        return json.loads(self._meta_json)
+
+    @meta.setter
+    def meta(self, value: dict) -> None:
+        self._meta_json = json.dumps(dict(value), sort_keys=True)
 
     @property
     def rate(self) -> float:
