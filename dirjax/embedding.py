@@ -13,11 +13,38 @@ produces LM logits in `model.out_embedding` (the same object when the model ties
 """
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 FP32_BYTES = 4
+
+
+class Described:
+    """Mixin for compressed embeddings: how it was made (`method`), its reconstruction figures
+    (`metrics`) and free `meta`data, kept as JSON strings: NNX puts non-array attributes in the
+    graphdef, which jax.jit hashes, and dicts are not hashable. Subclasses implement
+    `export() -> (arrays, static)` and `restore(arrays, static)` for `dirjax.compress.store`."""
+
+    method: str = ""
+
+    @property
+    def metrics(self) -> dict:
+        return json.loads(getattr(self, "_metrics_json", "{}"))
+
+    @metrics.setter
+    def metrics(self, value: dict | None) -> None:
+        self._metrics_json = json.dumps(dict(value or {}), sort_keys=True)
+
+    @property
+    def meta(self) -> dict:
+        return json.loads(getattr(self, "_meta_json", "{}"))
+
+    @meta.setter
+    def meta(self, value: dict | None) -> None:
+        self._meta_json = json.dumps(dict(value or {}), sort_keys=True)
 
 
 class Embedding(nnx.Module):

@@ -16,6 +16,7 @@ atomically, so a long sweep shows its progress and never leaves a half-written f
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -212,28 +213,61 @@ def compression_dir(workdir: Path, c, method: str, rate: float, v: int, d: int) 
     return workdir / "embeddings" / f"{method}-rate{rate:g}-{digest}"
 
 
-def compressed_table(c, table, method: str, rate: float, directory: Path):
+def calibration_spec(c, method: str) -> dict | None:
+    """The checked `calibration` option of `method` ({dataset, split, n_hidden}) or None.
+    Its text must differ from the evaluation text."""
+    spec = (c.method_options.get(method) or {}).get("calibration")
+    if not spec:
+        return None
+    spec = dict(spec)
+    unknown = sorted(set(spec) - {"dataset", "split", "n_hidden"})
+    if unknown or "dataset" not in spec or "split" not in spec:
+        raise ConfigError(f"method_options.{method}.calibration needs dataset and split "
+                          f"(and optional n_hidden); got {sorted(spec)}")
+    same_text = spec["dataset"].replace("-raw", "") == c.dataset.replace("-raw", "")
+    if same_text and data_lib.normalise_split(spec["dataset"], spec["split"]) == \
+            data_lib.normalise_split(c.dataset, c.split):
+        raise ConfigError(f"method {method}: calibration text {spec['dataset']} [{spec['split']}] "
+                          "is the evaluation text; pick a disjoint one")
+    return spec
+
+
+def calibration_options(c, method: str, model, tokenizer) -> dict:
+    """`counts` `[V]` (and `hidden` `[N, d]`, see `dirjax.compress.calib.collect`) for a
+    method whose options name a calibration text; {} otherwise."""
+    spec = calibration_spec(c, method)
+    if spec is None:
+        return {}
+    from dirjax.compress.calib import collect
+    text = data_lib.load_text(spec["dataset"], spec["split"], c.data_dir or None)
+    return collect(model, tokenizer, text, n_hidden=int(spec.get("n_hidden", 0)),
+                   max_length=c.max_length)
+
+
+def compressed_table(c, table, method: str, rate: float, directory: Path, calib=None):
     """(embedding, seconds spent, reused?) for `table [V, d]`: loaded if finished, else made.
 
-    Low-rank results (`CompressedEmbedding`) are saved to `directory`; an AE's Orbax training
-    checkpoints live beside it until it is saved, so a killed run resumes its training.
+    Every result is saved to `directory`; an AE's Orbax training checkpoints live beside it
+    until it is saved, so a killed run resumes its training. `calib()` gives the calibration
+    arrays of methods that need them (collected only when a compression is really made).
     """
-    from dirjax.compress import CompressedEmbedding, compress, load_compressed, save_compressed
+    from dirjax.compress import compress, load_compressed, save_compressed
 
     if (directory / "meta.json").exists():
         return load_compressed(directory), 0.0, True
-    options = method_options(c, method)
+    options = {k: v for k, v in method_options(c, method).items() if k != "calibration"}
     train_dir = directory.with_name(directory.name + ".train")
     if method == "ae":
         options.setdefault("workdir", str(train_dir))
         options.setdefault("progress", c.progress)
     start = time.perf_counter()
+    if calib is not None:
+        options.update(calib())
     emb = compress(table, rate=rate, method=method, **options)
     seconds = time.perf_counter() - start
-    if isinstance(emb, CompressedEmbedding):
-        save_compressed(emb, directory, {"model": c.model, "requested_rate": rate,
-                                         "options": method_options(c, method)})
-        shutil.rmtree(train_dir, ignore_errors=True)
+    save_compressed(emb, directory, {"model": c.model, "requested_rate": rate,
+                                     "options": method_options(c, method)})
+    shutil.rmtree(train_dir, ignore_errors=True)
     return emb, seconds, False
 
 
@@ -247,6 +281,9 @@ def run_experiment(config, workdir) -> list[dict]:
     from dirjax.models import load_model
 
     workdir = Path(workdir)
+    for method in c.methods:   # calibration text read now, so a missing file costs nothing
+        if spec := calibration_spec(c, method):
+            data_lib.load_text(spec["dataset"], spec["split"], c.data_dir or None)
     data = load_data(c)
     model, tokenizer = load_model(c.model, dtype=getattr(jnp, c.dtype))
     check_model(c, model)
@@ -268,6 +305,7 @@ def run_experiment(config, workdir) -> list[dict]:
         bar.update(1)
 
     table = model.embedding.table()
+    calibrations = {}
     for method, rate in jobs:
         if method == "original":
             bar.set_postfix_str("original")
@@ -278,7 +316,11 @@ def run_experiment(config, workdir) -> list[dict]:
             continue
         bar.set_postfix_str(f"{method} rate {rate:g}: compressing")
         directory = compression_dir(workdir, c, method, rate, v, d)
-        emb, compress_seconds, reused = compressed_table(c, table, method, rate, directory)
+        if method not in calibrations:   # once per method, from the original model
+            calibrations[method] = functools.cache(
+                functools.partial(calibration_options, c, method, model, tokenizer))
+        emb, compress_seconds, reused = compressed_table(c, table, method, rate, directory,
+                                                         calibrations[method])
         quality = getattr(emb, "metrics", None) or reconstruction_metrics(table, emb)
         for output in outputs:
             bar.set_postfix_str(f"{method} rate {rate:g} {output or ''}: evaluating")

@@ -114,3 +114,25 @@ def test_missing_data_file_fails_before_any_work(tmp_path):
         run_experiment(tiny_config(dataset="wikitext-2-raw", split="test",
                                    data_dir=str(tmp_path)), tmp_path / "w")
     assert not (tmp_path / "w").exists()
+
+
+def test_calibrated_quantiser_end_to_end(tmp_path):
+    """quant_gptq: counts and hidden states collected from a disjoint text, rate in bytes met,
+    the quantised table saved and reused."""
+    calibration = {"dataset": "stdlib", "split": "train", "n_hidden": 128}
+    c = tiny_config(methods=("quant_gptq",), outputs=("tied",))
+    c.method_options = {"quant_gptq": {"calibration": calibration}}
+    rows = run_experiment(c, tmp_path)
+    q = rows[1]
+    assert q["method"] == "quant_gptq" and q["rank"] is None and q["achieved_rate"] >= 4.0
+    assert q["mean_cosine"] > 0.99 and q["value"] == pytest.approx(rows[0]["value"], rel=0.05)
+    again = run_experiment(c, tmp_path)
+    assert again[1]["reused"] and again[1]["value"] == pytest.approx(q["value"], rel=1e-6)
+
+
+def test_calibration_on_the_evaluation_text_is_refused(tmp_path):
+    c = tiny_config(methods=("quant_freq",))
+    c.method_options = {"quant_freq": {"calibration": {"dataset": "stdlib", "split": "heldout"}}}
+    with pytest.raises(ConfigError, match="is the evaluation text"):
+        run_experiment(c, tmp_path)
+    assert not (tmp_path / "results.json").exists()

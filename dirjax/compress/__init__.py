@@ -8,7 +8,6 @@ Another method is one `register_method("name", fn)` away.
 """
 from __future__ import annotations
 
-import json
 
 import jax
 import jax.numpy as jnp
@@ -16,11 +15,11 @@ import numpy as np
 
 from dirjax.compress.metrics import reconstruction_metrics
 from dirjax.compress.rate import rank_for_rate, rate_for_rank, resolve_rank
-from dirjax.embedding import LowRankEmbedding, compression_rate
+from dirjax.embedding import Described, LowRankEmbedding, compression_rate
 from dirjax.errors import ConfigError, DataError
 
 
-class CompressedEmbedding(LowRankEmbedding):
+class CompressedEmbedding(LowRankEmbedding, Described):
     """A `LowRankEmbedding` (codes `[V, k]` @ weight `[k, d]` + bias `[d]`) that remembers how
     it was made: `method`, `metrics` (see `reconstruction_metrics`) and free `meta`data."""
 
@@ -28,26 +27,17 @@ class CompressedEmbedding(LowRankEmbedding):
                  metrics: dict | None = None, meta: dict | None = None):
         super().__init__(codes, weight, bias)
         self.method = method
-        self.metrics = metrics or {}
-        self.meta = meta or {}
+        self.metrics = metrics
+        self.meta = meta
 
-    # NNX keeps non-array attributes as static data in the graphdef, which jax.jit hashes:
-    # store these dicts as JSON strings (hashable) and hand out fresh dicts.
-    @property
-    def metrics(self) -> dict:
-        return json.loads(self._metrics_json)
+    def export(self) -> tuple[dict, dict]:
+        """(arrays, static fields) for `store.save_compressed`."""
+        arrays = {n: np.asarray(getattr(self, n)[...]) for n in ("codes", "weight", "bias")}
+        return arrays, {"rank": self.rank}
 
-    @metrics.setter
-    def metrics(self, value: dict) -> None:
-        self._metrics_json = json.dumps(dict(value), sort_keys=True)
-
-    @property
-    def meta(self) -> dict:
-        return json.loads(self._meta_json)
-
-    @meta.setter
-    def meta(self, value: dict) -> None:
-        self._meta_json = json.dumps(dict(value), sort_keys=True)
+    @classmethod
+    def restore(cls, arrays: dict, static: dict, **described) -> "CompressedEmbedding":
+        return cls(arrays["codes"], arrays["weight"], arrays["bias"], **described)
 
     @property
     def rate(self) -> float:
@@ -145,6 +135,8 @@ def compress(table, *, rate=None, rank=None, method: str = "ae", metrics: bool =
     if method in LOW_RANK:
         resolve_rank(*table.shape, rate=rate, rank=rank)  # fail before any work
     emb = METHODS[method](table, rate=rate, rank=rank, **options)
+    if isinstance(emb, Described):
+        emb.method = method
     if metrics:
         emb.metrics = {**getattr(emb, "metrics", {}), **reconstruction_metrics(table, emb)}
     return emb

@@ -1,0 +1,50 @@
+"""Calibration data for the output- and frequency-aware quantisers (issue 6).
+
+Collected from text DISJOINT from the evaluation text (default: WikiText-2 *valid* when the
+evaluation is WikiText-2 test; stdlib `pydoc_data.topics` prose otherwise):
+
+    counts  `[V]`   token counts of the calibration text (mixed precision by frequency)
+    hidden  `[N, d]` final hidden states of the ORIGINAL model on its first N tokens (GPTQ on the
+                     tied head: logits h @ E^T), windows of `max_length`, no BOS
+
+    calib = collect(model, tokenizer, text, n_hidden=8192)
+    emb = compress(table, rate=10, method="quant_freq", **calib)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dirjax.errors import DataError
+
+
+def token_counts(tokenizer, text: str, vocab_size: int) -> np.ndarray:
+    """Counts `[V]` float64 of the tokens of `text` (one stream per line, no special tokens)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise DataError("calibration text is empty")
+    ids = tokenizer(lines, add_special_tokens=False, verbose=False)["input_ids"]
+    flat = np.concatenate([np.asarray(x, np.int64) for x in ids if len(x)])
+    if flat.max() >= vocab_size:
+        raise DataError(f"tokenizer id {flat.max()} >= vocab size {vocab_size}")
+    return np.bincount(flat, minlength=vocab_size).astype(np.float64)
+
+
+def hidden_states(model, ids: np.ndarray, n: int, max_length: int = 512) -> np.ndarray:
+    """Final hidden states `[min(n, N), d]` of `model.encode` on the stream `ids [N]`, in windows."""
+    import jax.numpy as jnp
+    ids = np.asarray(ids, np.int32)[:n]
+    out = [np.asarray(model.encode(jnp.asarray(ids[None, i:i + max_length]), None), np.float32)[0]
+           for i in range(0, len(ids), max_length)]
+    return np.concatenate(out)
+
+
+def collect(model, tokenizer, text: str, *, n_hidden: int = 8192, max_length: int = 512) -> dict:
+    """{"counts": [V], "hidden": [N, d]} for the quantisers' `counts=` / `hidden=` options
+    (no "hidden" when n_hidden is 0 or the model has no LM head)."""
+    v = model.config.vocab_size
+    counts = token_counts(tokenizer, text, v)
+    out = {"counts": counts}
+    if n_hidden and model.out_embedding is not None:   # hidden states only matter for an LM head
+        stream = np.asarray(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+        out["hidden"] = hidden_states(model, stream, n_hidden, max_length)
+    return out

@@ -1,0 +1,399 @@
+"""Quantised embedding tables, budget-matched in BYTES (issue 6).
+
+A table `[V, d]` is stored as, per row v, `bits[v]`-bit codes in groups of `group` columns, each
+group with an fp16 scale and offset (asymmetric uniform levels):
+
+    y[v, j] = code[v, j] * scale[v, j // group] + offset[v, j // group]
+    table   = y @ R^T + mean                   (R: random orthogonal from `seed`, optional)
+
+Options, each measured in `bench/quality_explore.py`:
+  rotate   a random orthogonal rotation of the d axis before quantising (QuIP / QuaRot): it
+           spreads rare large entries over the whole row (heavy tails -> near Gaussian), so
+           they no longer set the row's range; regenerated from the seed, so it costs 8 bytes
+           (the seed), not d*d floats. For the tied head it folds: h @ E^T = (h R) Y^T.
+  center   subtract the mean row first (d fp32), which dominates SmolLM2's spectrum.
+  clip     per group, search the range shrink that minimises the squared error (vs min/max).
+  counts   token counts `[V]` on calibration text: mixed precision, bits per row chosen by a
+           Lagrangian allocation that minimises the frequency-weighted squared error under the
+           byte budget (frequent rows precise, the long tail coarse).
+  hidden   final hidden states `[N, d]` on calibration text: GPTQ on the table seen as the tied
+           head's weight (logits h @ E^T), minimising E[(h . (e_v - q_v))^2] per row.
+
+Bytes, as stored packed: ceil(d * bits[v] / 8) per row for the codes, 4 per group (fp16 scale
+and offset), V/2 for the per-row bit widths when they vary (4 bits each), 4*d for the mean when
+centred, 8 for the rotation seed when rotated. In memory the codes are unpacked uint8 `[V, d]`.
+rate = V * d * 4 / storage_bytes().
+
+Registered methods (dirjax.compress.METHODS): quant (rotate + center + clip, widths by error,
+preset rot_fill), quant_freq (widths by calibration frequency, rot_mixed), quant_gptq
+(quant_freq + GPTQ on calibration hidden states, rot_mixed_gptq). SmolLM2-135M at rate 10,
+4k tokens of WikiText-2 test, input + tied head replaced (original 30.64): plain int3 RTN
+141, + rotation and mean 46.6, + widths by error 40.8, + by frequency 34.3, + GPTQ 32.2;
+truncated SVD 36,406. On 16k tokens (original 28.82): quant_gptq 30.02, quant_freq 31.80.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dirjax.embedding import Described
+from dirjax.errors import ConfigError, DataError
+
+MAX_BITS = 8
+CLIP_GRID = np.linspace(1.0, 0.5, 6)    # range shrink factors tried per group when clip=True
+
+
+class QuantizeError(ConfigError):
+    """A rate the quantiser cannot meet (fewer than 1 bit per weight left)."""
+
+
+# ----------------------------------------------------------------------------- the module
+class QuantizedEmbedding(nnx.Module, Described):
+    """Codes uint8 `[V, d]`, bits uint8 `[V]`, scale/offset fp16 `[V, G]`, mean `[d]`, R `[d, d]`."""
+
+    def __init__(self, codes, bits, scale, offset, group, mean=None, rotation=None, seed=0, *,
+                 method: str = "quant", metrics: dict | None = None, meta: dict | None = None):
+        self.method = method
+        self.metrics = metrics
+        self.meta = meta
+        self.codes = nnx.Variable(jnp.asarray(codes, jnp.uint8))
+        self.bits = nnx.Variable(jnp.asarray(bits, jnp.uint8))
+        self.scale = nnx.Variable(jnp.asarray(scale, jnp.float16))
+        self.offset = nnx.Variable(jnp.asarray(offset, jnp.float16))
+        self.group = int(group)
+        self.mean = None if mean is None else nnx.Variable(jnp.asarray(mean, jnp.float32))
+        self.rotation = None if rotation is None else nnx.Variable(jnp.asarray(rotation, jnp.float32))
+        self.seed = int(seed)
+
+    def export(self) -> tuple[dict, dict]:
+        """(arrays, static fields) for `store.save_compressed`. The rotation is saved as the
+        seed it is drawn from (as `storage_bytes` counts it) and drawn again on restore."""
+        names = ["codes", "bits", "scale", "offset"] + (["mean"] if self.mean is not None else [])
+        arrays = {n: np.asarray(getattr(self, n)[...]) for n in names}
+        return arrays, {"group": self.group, "seed": self.seed,
+                        "rotate": self.rotation is not None}
+
+    @classmethod
+    def restore(cls, arrays: dict, static: dict, **described) -> "QuantizedEmbedding":
+        d = arrays["codes"].shape[1]
+        rotation = random_rotation(d, static["seed"]) if static["rotate"] else None
+        return cls(arrays["codes"], arrays["bits"], arrays["scale"], arrays["offset"],
+                   static["group"], arrays.get("mean"), rotation, static["seed"], **described)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.codes.shape[0]
+
+    @property
+    def features(self) -> int:
+        return self.codes.shape[1]
+
+    def table(self):
+        """The dequantised table `[V, d]` float32."""
+        v, d = self.codes.shape
+        g = self.group
+        y = self.codes[...].astype(jnp.float32).reshape(v, d // g, g)
+        y = y * self.scale[...].astype(jnp.float32)[..., None] + self.offset[...].astype(jnp.float32)[..., None]
+        y = y.reshape(v, d)
+        if self.rotation is not None:
+            y = y @ self.rotation[...].T
+        if self.mean is not None:
+            y = y + self.mean[...]
+        return y
+
+    def __call__(self, ids):
+        # Decode only the looked-up rows: [B, T] -> [B, T, d].
+        g, d = self.group, self.features
+        c = jnp.take(self.codes[...], ids, axis=0).astype(jnp.float32)
+        s = jnp.take(self.scale[...], ids, axis=0).astype(jnp.float32)
+        o = jnp.take(self.offset[...], ids, axis=0).astype(jnp.float32)
+        y = (c.reshape(*ids.shape, d // g, g) * s[..., None] + o[..., None]).reshape(*ids.shape, d)
+        if self.rotation is not None:
+            y = y @ self.rotation[...].T
+        if self.mean is not None:
+            y = y + self.mean[...]
+        return y
+
+    def attend(self, h):
+        """Tied-head logits `[..., V]` = h @ table^T (the rotation folds: (h R)(Y)^T)."""
+        v, d = self.codes.shape
+        g = self.group
+        y = self.codes[...].astype(h.dtype).reshape(v, d // g, g)
+        y = (y * self.scale[...].astype(h.dtype)[..., None]
+             + self.offset[...].astype(h.dtype)[..., None]).reshape(v, d)
+        hr = h if self.rotation is None else h @ self.rotation[...].astype(h.dtype)
+        out = hr @ y.T
+        if self.mean is not None:
+            out = out + (h @ self.mean[...].astype(h.dtype))[..., None]
+        return out
+
+    def num_params(self) -> int:
+        """Stored numbers (codes, scales, offsets, mean); the rotation is a seed."""
+        n = self.codes.size + self.scale.size + self.offset.size
+        return int(n + (0 if self.mean is None else self.mean.size))
+
+    def storage_bytes(self) -> int:
+        return storage_bytes(np.asarray(self.bits[...]), self.features, self.group,
+                             mean=self.mean is not None, rotate=self.rotation is not None)
+
+
+def storage_bytes(bits: np.ndarray, d: int, group: int, *, mean: bool, rotate: bool) -> int:
+    """Bytes as stored packed, for per-row bit widths `bits [V]` (see the module docstring)."""
+    codes = int(np.sum((d * bits.astype(np.int64) + 7) // 8))
+    mixed = not np.all(bits == bits[0])
+    return codes + overhead_bytes(bits.shape[0], d, group, mixed=mixed, mean=mean, rotate=rotate)
+
+
+def overhead_bytes(v: int, d: int, group: int, *, mixed: bool, mean: bool, rotate: bool) -> int:
+    """Everything but the codes: fp16 scale+offset per group, width nibbles, mean, seed."""
+    params = v * (d // group) * 4
+    widths = (v + 1) // 2 if mixed else 0
+    return params + widths + (4 * d if mean else 0) + (8 if rotate else 0)
+
+
+# ----------------------------------------------------------------------------- building blocks
+def random_rotation(d: int, seed: int) -> np.ndarray:
+    """A random orthogonal `[d, d]` (Haar, via QR with sign fix), deterministic per seed."""
+    g = np.random.default_rng(seed).standard_normal((d, d))
+    q, r = np.linalg.qr(g)
+    return (q * np.sign(np.diag(r))).astype(np.float32)
+
+
+def _params(x: np.ndarray, bits: np.ndarray, clip: bool):
+    """Scale and offset (fp16-rounded) of groups x `[N, g]` at `bits [N]`, MSE-clipped if asked.
+
+    Returns (scale [N], offset [N]) as float32 holding fp16 values.
+    """
+    lo, hi = x.min(1), x.max(1)
+    levels = (2.0 ** bits - 1)
+    best = None
+    for a in (CLIP_GRID if clip else CLIP_GRID[:1]):
+        mid = (hi + lo) / 2
+        l, h = mid + a * (lo - mid), mid + a * (hi - mid)
+        s = ((h - l) / levels).astype(np.float16).astype(np.float32)
+        s = np.where(s > 0, s, 1.0)       # a constant group (e.g. an all-zero row): codes 0
+        o = l.astype(np.float16).astype(np.float32)
+        q = np.clip(np.rint((x - o[:, None]) / s[:, None]), 0, levels[:, None])
+        err = ((q * s[:, None] + o[:, None] - x) ** 2).sum(1)
+        if best is None:
+            best = (err, s, o)
+        else:
+            keep = err < best[0]
+            best = (np.where(keep, err, best[0]), np.where(keep, s, best[1]), np.where(keep, o, best[2]))
+    return best[1], best[2]
+
+
+def _codes(x, bits, scale, offset):
+    """Codes of x `[N, g]` given per-group scale/offset `[N]` and bits `[N]`."""
+    levels = (2.0 ** bits - 1)[:, None]
+    return np.clip(np.rint((x - offset[:, None]) / scale[:, None]), 0, levels)
+
+
+def quantize_rows(y: np.ndarray, bits: np.ndarray, group: int, clip: bool = True):
+    """Round to nearest: y `[V, d]`, bits `[V]` -> codes `[V, d]`, scale/offset `[V, G]`."""
+    v, d = y.shape
+    x = y.reshape(-1, group)
+    b = np.repeat(bits.astype(np.float64), d // group)
+    s, o = _params(x, b, clip)
+    c = _codes(x, b, s, o)
+    return c.reshape(v, d).astype(np.uint8), s.reshape(v, -1), o.reshape(v, -1)
+
+
+def dequantize(codes, scale, offset, group):
+    v, d = codes.shape
+    y = codes.reshape(v, d // group, group) * scale[..., None] + offset[..., None]
+    return y.reshape(v, d).astype(np.float32)
+
+
+def gptq_rows(y: np.ndarray, bits: np.ndarray, group: int, hess: np.ndarray, clip: bool = True,
+              damp: float = 0.01, block: int = 64):
+    """GPTQ (Frantar et al. 2022): quantise columns in order, pushing each column's error onto
+    the columns not yet quantised so that E[(h . (y_v - q_v))^2] with E[h h^T] = hess `[d, d]`
+    is small. Group scale/offset are fixed when the group starts, from the updated rows."""
+    v, d = y.shape
+    w = y.astype(np.float64).copy()
+    h = hess.astype(np.float64) + damp * np.mean(np.diag(hess)) * np.eye(d)
+    hinv = np.linalg.cholesky(np.linalg.inv(h)).T            # upper: H^-1 = U^T U
+    levels = (2.0 ** bits - 1)[:, None]
+    codes = np.zeros((v, d), np.uint8)
+    scale = np.zeros((v, d // group), np.float32)
+    offset = np.zeros((v, d // group), np.float32)
+    bf = bits.astype(np.float64)
+    for b0 in range(0, d, block):
+        b1 = min(b0 + block, d)
+        err_blk = np.zeros((v, b1 - b0))
+        for j in range(b0, b1):
+            if j % group == 0:
+                s, o = _params(w[:, j:j + group], bf, clip)
+                scale[:, j // group], offset[:, j // group] = s, o
+            s, o = scale[:, j // group], offset[:, j // group]
+            q = np.clip(np.rint((w[:, j] - o) / s), 0, levels[:, 0])
+            codes[:, j] = q
+            e = (w[:, j] - (q * s + o)) / hinv[j, j]
+            w[:, j + 1:b1] -= np.outer(e, hinv[j, j + 1:b1])
+            err_blk[:, j - b0] = e
+        w[:, b1:] -= err_blk @ hinv[b0:b1, b1:]
+    return codes, scale, offset
+
+
+def allocate_bits(errs: np.ndarray, weight: np.ndarray, d: int, budget_code_bytes: int):
+    """Bits per row minimising sum_v weight[v] * errs[v, b] s.t. code bytes <= budget.
+
+    errs `[V, MAX_BITS+1]` (index = bits, column 0 unused), weight `[V]` >= 0.
+    Lagrangian: each row picks argmin_b w*err + lam*bytes(b); lam is bisected.
+    """
+    b = np.arange(1, MAX_BITS + 1)
+    cost = (d * b + 7) // 8                                        # [B]
+    e = errs[:, 1:] * weight[:, None]                              # [V, B]
+
+    def pick(lam):
+        return b[np.argmin(e + lam * cost[None], axis=1)]
+
+    def used(lam):
+        return np.sum((d * pick(lam) + 7) // 8)
+
+    if used(1e30) > budget_code_bytes:
+        raise QuantizeError("byte budget below 1 bit per weight")
+    lo, hi = -30.0, 30.0                  # bisect log10(lam): bytes used falls as lam grows
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if used(10 ** mid) > budget_code_bytes else (lo, mid)
+    return pick(10 ** hi).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- the method
+def quantize(table, *, rate: float, seed: int = 0, group: int | None = None, rotate: bool = True,
+             center: bool = True, clip: bool = True, counts=None, hidden=None, floor: float = 1.0,
+             head_weight: float = 0.0) -> QuantizedEmbedding:
+    """Quantise `table [V, d]` into at most V*d*4/rate bytes.
+
+    group: columns per scale/offset (default: the whole row, d).
+    counts `[V]`: calibration token counts -> mixed precision per row; row weight =
+      counts/sum + floor/V (floor keeps the tail, which every softmax sees, from collapsing).
+    hidden `[N, d]`: calibration final hidden states -> GPTQ with H = (1-a) I/d + a hh^T/tr,
+      a = head_weight in [0, 1] (0 = plain squared error, the input side's metric).
+    Deterministic per seed (the seed only draws the rotation).
+    """
+    t = np.asarray(table, np.float32)
+    if t.ndim != 2 or t.size == 0 or not np.all(np.isfinite(t)):
+        raise DataError(f"table must be a finite non-empty [V, d] array, got shape {t.shape}")
+    v, d = t.shape
+    group = d if group is None else int(group)
+    if d % group:
+        raise ConfigError(f"group {group} must divide d={d}")
+    budget = int(v * d * 4 / rate)
+    mixed = counts is not None
+    fixed = overhead_bytes(v, d, group, mixed=mixed, mean=center, rotate=rotate)
+    code_budget = budget - fixed
+    mean = t.mean(0) if center else None
+    y = t - mean if center else t
+    rot = random_rotation(d, seed) if rotate else None
+    if rotate:
+        y = y @ rot
+    if mixed:
+        errs = np.zeros((v, MAX_BITS + 1))
+        for b in range(1, MAX_BITS + 1):
+            c, s, o = quantize_rows(y, np.full(v, b), group, clip)
+            errs[:, b] = ((dequantize(c, s, o, group) - y) ** 2).sum(1)
+        w = np.asarray(counts, np.float64)
+        w = w / max(w.sum(), 1.0) + floor / v
+        bits = allocate_bits(errs, w, d, code_budget)
+    else:
+        b = int(code_budget * 8 // (v * d))
+        if b < 1:
+            raise QuantizeError(f"rate {rate} leaves {code_budget * 8 / (v * d):.2f} bits per weight")
+        bits = np.full(v, min(b, MAX_BITS), np.uint8)
+    if hidden is not None and head_weight > 0:
+        hd = np.asarray(hidden, np.float64)
+        hd = hd @ rot if rotate else hd
+        hh = hd.T @ hd
+        hess = (1 - head_weight) * np.eye(d) / d + head_weight * hh / np.trace(hh)
+        codes, scale, offset = gptq_rows(y, bits, group, hess, clip)
+    else:
+        codes, scale, offset = quantize_rows(y, bits, group, clip)
+    emb = QuantizedEmbedding(codes, bits, scale, offset, group, mean, rot, seed)
+    assert emb.storage_bytes() <= budget, (emb.storage_bytes(), budget)
+    return emb
+
+
+# ----------------------------------------------------------------------------- registered methods
+OPTIONS = ("group", "rotate", "center", "clip", "hidden", "floor", "head_weight")
+
+
+def _check(rate, rank, method, options):
+    if rank is not None or rate is None:
+        raise ConfigError(f"method {method} takes a rate (bytes), not a rank")
+    stray = sorted(set(options) - set(OPTIONS))
+    if stray:
+        raise ConfigError(f"method {method}: unknown option(s) {', '.join(stray)}; "
+                          f"known: counts, seed, {', '.join(OPTIONS)}")
+
+
+def quant_method(table, *, rate=None, rank=None, seed: int = 0, **options) -> QuantizedEmbedding:
+    """`compress(table, rate=r, method="quant")`: rotation + mean row + per-row int-b codes,
+    bits per row allocated by squared error so the byte budget is spent exactly."""
+    _check(rate, rank, "quant", options)
+    return quantize(table, rate=rate, seed=seed, counts=np.ones(np.shape(table)[0]), **options)
+
+
+def quant_freq_method(table, *, rate=None, rank=None, seed: int = 0, counts=None,
+                      **options) -> QuantizedEmbedding:
+    """`compress(table, rate=r, method="quant_freq", counts=[V])`: bits per row by token
+    frequency on calibration text (see `dirjax.compress.calib.collect`)."""
+    _check(rate, rank, "quant_freq", options)
+    if counts is None:
+        raise ConfigError("method quant_freq needs counts= (token counts [V] on calibration "
+                          "text disjoint from the evaluation text; dirjax.compress.calib)")
+    counts = np.asarray(counts, np.float64)
+    if counts.shape != (np.shape(table)[0],) or np.any(counts < 0):
+        raise DataError(f"counts must be [V={np.shape(table)[0]}] non-negative, got {counts.shape}")
+    return quantize(table, rate=rate, seed=seed, counts=counts, **options)
+
+
+def quant_gptq_method(table, *, rate=None, rank=None, seed: int = 0, counts=None, hidden=None,
+                      head_weight: float = 0.5, **options) -> QuantizedEmbedding:
+    """`compress(..., method="quant_gptq", counts=[V], hidden=[N, d])`: quant_freq's widths,
+    codes chosen by GPTQ against H = (1-a) I/d + a E[h h^T]/tr, a = head_weight: half plain
+    squared error (the input side), half the tied head's logit error on calibration states."""
+    if hidden is None:
+        raise ConfigError("method quant_gptq needs hidden= (final hidden states [N, d] of the "
+                          "original model on calibration text; dirjax.compress.calib)")
+    hidden = np.asarray(hidden, np.float32)
+    if hidden.ndim != 2 or hidden.shape[1] != np.shape(table)[1] or not np.all(np.isfinite(hidden)):
+        raise DataError(f"hidden must be finite [N, d={np.shape(table)[1]}], got {hidden.shape}")
+    return quant_freq_method(table, rate=rate, rank=rank, seed=seed, counts=counts,
+                             hidden=hidden, head_weight=head_weight, **options)
+
+
+def _preset(**fixed):
+    def f(table, *, rate, counts=None, hidden=None, **kw):
+        opts = dict(fixed)
+        use = opts.pop("use_counts", False)
+        if use == "flat":            # allocate bits by error alone: fills the budget exactly
+            counts = np.ones(table.shape[0])
+        elif not use:
+            counts = None
+        if not opts.pop("use_hidden", False):
+            hidden = None
+        opts.update(kw)
+        return quantize(table, rate=rate, counts=counts, hidden=hidden, **opts)
+    return f
+
+
+# Presets compared by bench/quality_explore.py (name -> function(table, rate, counts, hidden)).
+EXPLORE = {
+    "rtn_row": _preset(rotate=False, center=False, clip=False),
+    "rtn_row_clip": _preset(rotate=False, center=False),
+    "rtn_g64_clip": _preset(rotate=False, center=False, group=64),
+    "rot": _preset(center=False),
+    "rot_center": _preset(),
+    "mixed": _preset(rotate=False, center=False, use_counts=True),
+    "rot_mixed": _preset(use_counts=True),
+    "rot_fill": _preset(use_counts="flat"),
+    "rot_mixed_f4": _preset(use_counts=True, floor=4.0),
+    "rot_mixed_f025": _preset(use_counts=True, floor=0.25),
+    "rot_gptq": _preset(use_hidden=True, head_weight=0.5),
+    "rot_gptq_head": _preset(use_hidden=True, head_weight=0.95),
+    "rot_mixed_gptq": _preset(use_counts=True, use_hidden=True, head_weight=0.5),
+}
