@@ -79,6 +79,8 @@ def load_compressed(directory):
     except json.JSONDecodeError as e:
         raise WeightsError(f"{meta_file} is not valid JSON: {e}") from None
     classes = _classes()
+    if info.get("format") == "dirjax.compressed/1":   # first format: low rank only
+        info = {**info, "format": FORMAT, "class": "CompressedEmbedding"}
     if info.get("format") != FORMAT or info.get("class") not in classes:
         raise WeightsError(f"{meta_file}: unknown format {info.get('format')!r} / "
                            f"class {info.get('class')!r}")
