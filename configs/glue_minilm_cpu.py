@@ -1,0 +1,26 @@
+"""all-MiniLM-L6-v2 fine-tuned on RTE, MRPC (and STS-B) with its embedding compressed 10x:
+original vs SVD vs direction AE, 3 seeds each, sized for a 2-core CPU.
+
+    .venv/bin/python -m dirjax.finetune --config configs/glue_minilm_cpu.py \\
+        --workdir runs/glue_minilm_cpu
+
+Paper settings (lr 2e-5, effective batch 32, 3 epochs, max length 128, linear warm-up 10%
+and decay, AdamW wd 0.01), embedding treatment `frozen_codes` (AE and SVD: codes frozen,
+decoder trained; the dense original trains whole: there frozen_codes == full). Dev metrics:
+RTE accuracy, MRPC F1 and accuracy. Rows are appended to results.json as runs finish; a rerun
+resumes. STS-B: the shared data has only dev.tsv, so add "stsb" to `tasks` only with network
+(`--config.data_dir=` empty reads the Hub's glue) or a local train.tsv.
+Cost here: about 5-6 examples/s under a shared load (bench/finetune_speed.py), i.e. ~20 min
+per RTE run of 3 epochs and ~30 min per MRPC run.
+"""
+from configs.glue import get_config as glue_config
+
+
+def get_config():
+    config = glue_config()
+    config.model = "minilm-l6"
+    config.tasks = ("rte", "mrpc")
+    config.rates = (10.0,)
+    config.methods = ("original", "svd", "ae")
+    config.seeds = (1, 2, 3)
+    return config
