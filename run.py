@@ -81,6 +81,12 @@ def main(argv: list[str]) -> None:
     from dirjax.experiment import run_experiment
 
     try:
+        if config.get("job") == "finetune":   # configs/glue*.py, configs/squad.py
+            from dirjax import finetune
+            rows = finetune.run(config, workdir)
+            print(finetune.summary_table(rows))
+            print(f"results in {workdir}/results.json")
+            return
         rows = run_experiment(config, workdir)
     except DirjaxError as e:
         fail(str(e))

@@ -1,7 +1,7 @@
 """GLUE fine-tuning of bert-base-uncased with its embedding compressed by SVD or the direction
 AutoEncoder (the paper's downstream table), all eight tasks.
 
-    .venv/bin/python -m dirjax.finetune --config configs/glue.py --workdir runs/glue \\
+    .venv/bin/python run.py --config configs/glue.py --workdir runs/glue \\
         [--config.data_dir=../shared/data] [--config.tasks=rte,mrpc]
 
 Paper settings: lr 2e-5, effective batch 32, 3 epochs, max length 128, AdamW (wd 0.01) with

@@ -1,7 +1,7 @@
 """all-MiniLM-L6-v2 fine-tuned on RTE, MRPC (and STS-B) with its embedding compressed 10x:
 original vs SVD vs direction AE, 3 seeds each, sized for a 2-core CPU.
 
-    .venv/bin/python -m dirjax.finetune --config configs/glue_minilm_cpu.py \\
+    .venv/bin/python run.py --config configs/glue_minilm_cpu.py \\
         --workdir runs/glue_minilm_cpu
 
 Paper settings (lr 2e-5, effective batch 32, 3 epochs, max length 128, linear warm-up 10%

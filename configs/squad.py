@@ -1,7 +1,7 @@
 """SQuAD v1.1 fine-tuning of bert-base-uncased with its embedding compressed by SVD or the
 direction AutoEncoder.
 
-    .venv/bin/python -m dirjax.finetune --config configs/squad.py --workdir runs/squad \\
+    .venv/bin/python run.py --config configs/squad.py --workdir runs/squad \\
         --config.data_dir=../shared/data
 
 Paper settings: lr 3e-5, effective batch 16, 2 epochs, windows of 384 tokens overlapping by

@@ -25,6 +25,7 @@ Embedding treatments (the paper fine-tunes AE models with frozen codes):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -396,33 +397,32 @@ def compressed_backbone(source: str, method: str, rate: float | None, options: d
                         cache: Path | None):
     """(model, tokenizer, info) with the embedding replaced by `method` at `rate`.
 
-    The compressed factors are cached as `<cache>/<method>-rate<rate>.npz` so that seeds and
-    reruns reuse one compression.
+    The compression is saved under `<cache>/<method>-rate<rate>-<hash of options>`
+    (`dirjax.compress.save_compressed`), so that seeds and reruns reuse one compression.
     """
     from dirjax import load_model, swap_embedding
-    from dirjax.embedding import LowRankEmbedding
     model, tokenizer = load_model(source)
     table = model.embedding.table()
     info = {"rank": None, "embedding_params": int(model.embedding.num_params()),
             "rate": 1.0, "compress_seconds": 0.0}
     if method == "original":
         return model, tokenizer, info
-    path = cache / f"{method}-rate{rate:g}.npz" if cache else None
-    if path is not None and path.exists():
-        z = np.load(path)
-        emb = LowRankEmbedding(z["codes"], z["weight"], z["bias"])
-        info["compress_seconds"] = float(z["seconds"])
+    # one compression per (model, method, rate, options), shared by seeds and reruns
+    key = json.dumps({"model": source, "options": options}, sort_keys=True, default=str)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+    path = cache / f"{method}-rate{rate:g}-{digest}" if cache else None
+    from dirjax.compress import compress, load_compressed, save_compressed
+    if path is not None and (path / "meta.json").exists():
+        emb = load_compressed(path)
+        info["compress_seconds"] = float(emb.meta.get("compress_seconds", 0.0))
     else:
-        from dirjax.compress import compress
         t0 = time.perf_counter()
         emb = compress(table, rate=rate, method=method, **options)
         info["compress_seconds"] = time.perf_counter() - t0
+        emb.meta = {**emb.meta, "compress_seconds": info["compress_seconds"]}
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, codes=np.asarray(emb.codes[...]), weight=np.asarray(emb.weight[...]),
-                     bias=np.asarray(emb.bias[...]), seconds=info["compress_seconds"])
-            os.replace(tmp, path)
+            save_compressed(emb, path, {"model": source, "requested_rate": rate,
+                                        "options": options})
     from dirjax.embedding import compression_rate
     info.update(rank=int(emb.codes.shape[1]), embedding_params=int(emb.num_params()),
                 rate=round(compression_rate(emb, table.shape[0], table.shape[1]), 3))
@@ -435,6 +435,9 @@ def run(config, workdir: str | os.PathLike) -> list[dict]:
     interrupted one from its last epoch checkpoint)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    # compiled steps are reused across seeds and reruns (same shapes, same program)
+    jax.config.update("jax_compilation_cache_dir", str((workdir / "jax_cache").absolute()))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     cfg = train_config(config)
     results = workdir / "results.json"
     rows = json.loads(results.read_text()) if results.exists() else []
@@ -522,31 +525,6 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def main(argv=None) -> None:
-    """`python -m dirjax.finetune --config configs/glue_minilm_cpu.py [--config.x=v] --workdir DIR`"""
-    import sys
-    from absl import flags
-    from ml_collections import config_flags
-
-    from dirjax.errors import DirjaxError
-    flags.DEFINE_string("workdir", None, "work directory (default runs/<config name>)")
-    config_flag = config_flags.DEFINE_config_file("config", None, "fine-tuning config file",
-                                                  lock_config=False, accept_new_attributes=True)
-    flags.FLAGS(argv or sys.argv)
-    config = config_flag.value
-    name = Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
-    workdir = Path(flags.FLAGS.workdir or Path("runs") / name)
-    # compiled steps are reused across seeds and reruns (same shapes, same program)
-    jax.config.update("jax_compilation_cache_dir", str((workdir / "jax_cache").absolute()))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    try:
-        rows = run(config, workdir)
-    except DirjaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    print(summary_table(rows))
-
-
 def summary_table(rows: list[dict]) -> str:
     """Markdown: mean ± std over seeds of each (task, dataset, metric, method, rate)."""
     groups: dict[tuple, list[float]] = {}
@@ -561,6 +539,3 @@ def summary_table(rows: list[dict]) -> str:
                      f"{', '.join(f'{x:.1f}' for x in v)} |")
     return "\n".join(lines)
 
-
-if __name__ == "__main__":
-    main()

@@ -283,7 +283,7 @@ def test_run_writes_rows_and_resumes(tmp_path):
     assert svd["rank"] == rank_for_rate(1000, 64, 10.0) and svd["dataset"] == "glue/rte dev"
     assert svd["embedding_params"] < got[0]["embedding_params"] == 1000 * 64
     assert json.loads((work / "results.json").read_text()) == json.loads(json.dumps(got))
-    assert (work / "embeddings" / "svd-rate10.npz").exists()
+    assert len(list((work / "embeddings").glob("svd-rate10-*/meta.json"))) == 1
     again = ft.run(c, work)  # everything finished: nothing retrained, same rows
     assert again == got
     assert "| glue/rte dev | accuracy | svd | 10 |" in ft.summary_table(got)
