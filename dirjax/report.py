@@ -16,6 +16,7 @@ from pathlib import Path
 COLUMNS = [("model", "model"), ("method", "method"), ("output", "output"), ("rate", "rate"),
            ("rank", "rank"), ("dataset", "dataset"), ("metric", "metric"), ("value", "value"),
            ("tokens", "tokens"), ("embedding_params", "emb. params"),
+           ("achieved_rate", "rate in bytes"),
            ("mean_cosine", "mean cos"), ("seconds", "eval s")]
 LOG_METRICS = ("ppl", "mlm_ppl")
 OUTPUT_LABELS = {"tied": " (input + tied head)", "original": " (input only, head kept)"}
