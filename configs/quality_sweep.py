@@ -23,36 +23,21 @@ Expected at rate 10 (the PyTorch harness bench/quality_explore.py, same 16k toke
 tokens quant gives 40.8 vs 30.6 and SVD 36,406); MiniLM STS-B (original 86.7) 86.7 with
 quant, SVD 71.4. Rates 5 and 2 are within 0.2% of the original.
 """
-from dirjax.experiment import base_config
+from configs.minilm_sts import get_config as minilm_config
+from configs.smollm2_wikitext import get_config as smollm2_config
 
 CALIBRATION = {"dataset": "wikitext-2", "split": "validation", "n_hidden": 0}
 
 
 def get_config(model: str = "smollm2"):
-    config = base_config()
-    if model == "smollm2":
-        config.model = "smollm2-135m"
-        config.task = "causal_ppl"
-        config.dataset = "wikitext-2-raw"
-        config.split = "test"
-        config.max_tokens = 16384
-        config.max_length = 512
-        config.stride = 512
-        config.outputs = ("tied", "original")
-    elif model == "minilm":
-        config.model = "minilm-l6"
-        config.task = "sts"
-        config.dataset = "stsb"
-        config.split = "validation"
-        config.max_length = 128
-        config.batch_size = 32
-        config.outputs = ("tied",)
-    else:
+    """The evaluation setup of configs/smollm2_wikitext.py or configs/minilm_sts.py, every method."""
+    if model not in ("smollm2", "minilm"):
         raise ValueError(f"quality_sweep takes smollm2 or minilm, got {model!r}")
+    config = smollm2_config() if model == "smollm2" else minilm_config()
     config.methods = ("svd", "ae", "quant", "quant_freq")
     config.method_options = {"svd": {}, "ae": {"epochs": 30}, "quant": {},
                              "quant_freq": {"calibration": dict(CALIBRATION)}}
-    if model == "smollm2":
+    if model == "smollm2":   # GPTQ fits the tied LM head: MiniLM has none
         config.methods += ("quant_gptq",)
         config.method_options["quant_gptq"] = {"calibration": {**CALIBRATION, "n_hidden": 8192}}
     config.rates = (2.0, 5.0, 10.0)

@@ -126,16 +126,35 @@ def hf_config(meta: dict, tensors: dict, path: Path) -> dict:
 
 
 def gguf_tokenizer(path: str | os.PathLike):
-    """The fast tokenizer that transformers builds from the file's vocabulary and merges.
+    """The fast tokenizer described by the file's own vocabulary, merges and special tokens.
 
-    Right padding (our models assume it); the pad token is the file's, else eos.
+    transformers' `AutoTokenizer(..., gguf_file=)` reads the metadata with a reader that
+    imports torch; we read it with the `gguf` package and hand it to the same converter
+    (`convert_gguf_tokenizer`), so no torch is needed. Right padding (our models assume it);
+    the pad token is the file's, else eos.
     """
-    from transformers import AutoTokenizer
+    from gguf import GGUFReader
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+        GGUF_TOKENIZER_MAPPING, _SPECIAL_TOKENS, convert_gguf_tokenizer)
 
     path = Path(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    except Exception as e:  # transformers wraps gguf errors in several types
+        fields = GGUFReader(path).fields
+        meta = {k: f.contents() for k, f in fields.items()
+                if k.startswith("tokenizer.") or k == "general.architecture"}
+        group = {g: {name: meta[f"tokenizer.{key}"] for key, name in renames.items()
+                     if f"tokenizer.{key}" in meta}
+                 for g, renames in GGUF_TOKENIZER_MAPPING.items()}
+        tokens, config = group["tokenizer"], group["tokenizer_config"]
+        if tokens.get("tokenizer_type") == "llama":   # sentencepiece files add BOS unless told
+            config.setdefault("add_bos_token", True)
+        for name, key in _SPECIAL_TOKENS.items():
+            token_id = meta.get(f"tokenizer.ggml.{key}")
+            config[name] = tokens["tokens"][token_id] if token_id is not None else None
+        backend, extra = convert_gguf_tokenizer(meta["general.architecture"], tokens)
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **config, **extra)
+    except Exception as e:  # gguf / transformers raise assorted types on bad metadata
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise WeightsError(f"cannot build the tokenizer of {path}: {msg}") from None
     return pad_right(tokenizer)
