@@ -91,6 +91,7 @@ def main(argv: list[str]) -> None:
     except DirjaxError as e:
         fail(str(e))
     print(report.markdown_table(rows))
+    print(report.verdict(rows))
     print(f"results in {workdir}/: results.json, results.md, plot.png, embeddings/")
 
 

@@ -105,6 +105,43 @@ def plot(rows: list[dict], path: str | os.PathLike) -> None:
             tmp.unlink()
 
 
+LOW_RANK = ("svd", "ae")
+HIGHER_IS_BETTER = ("spearman_x100",)
+
+
+def verdict(rows: list[dict]) -> str:
+    """Plain words under the table: per rate, the best method against the original model, and
+    whether low rank alone keeps the model (perplexity within 1.5x, STS within 2 points)."""
+    originals = {r["metric"]: r["value"] for r in rows if r["method"] == "original"}
+    lines = []
+    for metric, base in originals.items():
+        higher = metric in HIGHER_IS_BETTER
+        def worse(v):   # how far from the original: a ratio for perplexities, points for STS
+            return base - v if higher else v / base
+        def kept(v):
+            return worse(v) <= (2.0 if higher else 1.5)
+        def show(r):
+            how = (f"{r['value'] - base:+.2f} points" if higher
+                   else f"{r['value'] / base:.2f}x the original")
+            return f"{r['method']}{' (' + r['output'] + ')' if r.get('output') else ''} " \
+                   f"{fmt('value', r['value'])} ({how})"
+        for rate in sorted({r["rate"] for r in rows if r["method"] != "original"}):
+            at = [r for r in rows if r["metric"] == metric and r["rate"] == rate
+                  and r["method"] != "original"]
+            if not at:
+                continue
+            best = max(at, key=lambda r: r["value"] if higher else -r["value"])
+            line = f"rate {rate:g}: best {show(best)}"
+            low = [r for r in at if r["method"] in LOW_RANK]
+            if low and not any(kept(r["value"]) for r in low):
+                lr = max(low, key=lambda r: r["value"] if higher else -r["value"])
+                line += f"; low rank alone does not keep this model (best {show(lr)})"
+                if not kept(best["value"]):
+                    line += ("; try methods quant_freq / quant_gptq (configs/quality_sweep.py)")
+            lines.append(line)
+    return "\n".join(lines)
+
+
 def write_results(rows: list[dict], workdir: str | os.PathLike) -> None:
     """results.json, results.md and plot.png in `workdir`, each replaced atomically."""
     workdir = Path(workdir)

@@ -58,3 +58,21 @@ def test_atomic_write_keeps_the_old_file_when_replace_fails(tmp_path, monkeypatc
         report.atomic_write(target, json.dumps([1, 2]))
     assert json.loads(target.read_text()) == [1]
     assert os.listdir(tmp_path) == ["results.json"]      # no temporary file left behind
+
+
+def test_verdict_says_when_low_rank_does_not_keep_the_model():
+    from dirjax.report import verdict
+    base = {"model": "m", "dataset": "d", "metric": "ppl", "output": "tied"}
+    rows = [{**base, "method": "original", "rate": 1.0, "value": 20.0},
+            {**base, "method": "svd", "rate": 10.0, "value": 900.0},
+            {**base, "method": "quant", "rate": 10.0, "value": 24.0}]
+    text = verdict(rows)
+    assert "best quant (tied) 24.00 (1.20x the original)" in text
+    assert "low rank alone does not keep this model (best svd (tied) 900.00 (45.00x" in text
+    assert "try methods" not in text                  # something that works was in the sweep
+    assert "try methods" in verdict(rows[:2])
+    rows[1]["value"] = 29.0                           # within 1.5x: no warning
+    assert "low rank" not in verdict(rows)
+    sts = [{**base, "metric": "spearman_x100", "method": "original", "rate": 1.0, "value": 86.0},
+           {**base, "metric": "spearman_x100", "method": "ae", "rate": 5.0, "value": 80.5}]
+    assert "-5.50 points" in verdict(sts) and "low rank alone" in verdict(sts)
