@@ -14,7 +14,8 @@ import resource
 import sys
 import time
 
-FAST_CPU_FLAGS = "--xla_cpu_use_xnnpack=true"
+# jax reads XLA_FLAGS when its backend starts, not on import: main() sets them first
+from dirjax.compress.train import FAST_CPU_XLA_FLAGS as FAST_CPU_FLAGS
 
 
 def peak_rss_bytes() -> int:

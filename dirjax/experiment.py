@@ -235,14 +235,11 @@ def calibration_spec(c, method: str) -> dict | None:
     return spec
 
 
-def calibration_options(c, method: str, model, tokenizer) -> dict:
-    """`counts` `[V]` (and `hidden` `[N, d]`, see `dirjax.compress.calib.collect`) for a
-    method whose options name a calibration text; {} otherwise."""
-    spec = calibration_spec(c, method)
-    if spec is None:
-        return {}
+def calibration_options(c, method: str, text: str, model, tokenizer) -> dict:
+    """`counts` `[V]` (and `hidden` `[N, d]`, see `dirjax.compress.calib.collect`) of the
+    calibration `text` of `method`."""
     from dirjax.compress.calib import collect
-    text = data_lib.load_text(spec["dataset"], spec["split"], c.data_dir or None)
+    spec = calibration_spec(c, method)
     return collect(model, tokenizer, text, n_hidden=int(spec.get("n_hidden", 0)),
                    max_length=c.max_length)
 
@@ -284,9 +281,11 @@ def run_experiment(config, workdir) -> list[dict]:
     from dirjax.models import load_model
 
     workdir = Path(workdir)
-    for method in c.methods:   # calibration text read now, so a missing file costs nothing
+    calib_texts = {}   # read now, so a missing calibration file costs nothing
+    for method in c.methods:
         if spec := calibration_spec(c, method):
-            data_lib.load_text(spec["dataset"], spec["split"], c.data_dir or None)
+            calib_texts[method] = data_lib.load_text(spec["dataset"], spec["split"],
+                                                     c.data_dir or None)
     data = load_data(c)
     model, tokenizer = load_model(c.model, dtype=getattr(jnp, c.dtype))
     check_model(c, model)
@@ -319,11 +318,11 @@ def run_experiment(config, workdir) -> list[dict]:
             continue
         bar.set_postfix_str(f"{method} rate {rate:g}: compressing")
         directory = compression_dir(workdir, c, method, rate, v, d)
-        if method not in calibrations:   # once per method, from the original model
-            calibrations[method] = functools.cache(
-                functools.partial(calibration_options, c, method, model, tokenizer))
+        if method in calib_texts and method not in calibrations:   # once, original model
+            calibrations[method] = functools.cache(functools.partial(
+                calibration_options, c, method, calib_texts[method], model, tokenizer))
         emb, compress_seconds, reused = compressed_table(c, table, method, rate, directory,
-                                                         calibrations[method])
+                                                         calibrations.get(method))
         quality = getattr(emb, "metrics", None) or reconstruction_metrics(table, emb)
         for output in outputs:
             bar.set_postfix_str(f"{method} rate {rate:g} {output or ''}: evaluating")
