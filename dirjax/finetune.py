@@ -442,9 +442,10 @@ def run(config, workdir: str | os.PathLike) -> list[dict]:
     results = workdir / "results.json"
     rows = json.loads(results.read_text()) if results.exists() else []
     done = {(r["task"], r["method"], r["rate"], r["seed"]) for r in rows}
-    for task in config.tasks:
-        data = load_data(config, task)
-        for seed in config.seeds:  # seeds outermost: every method gets a first figure early
+    data = {task: load_data(config, task) for task in config.tasks}
+    # seeds outermost: every task and method gets a first figure early
+    for seed in config.seeds:
+        for task in config.tasks:
             for method in config.methods:
                 for rate in ([1.0] if method == "original" else config.rates):
                     if (task, method, float(rate), seed) in done:
@@ -456,7 +457,7 @@ def run(config, workdir: str | os.PathLike) -> list[dict]:
                         workdir / "embeddings")
                     name = f"{task}-{method}-rate{float(rate):g}-seed{seed}"
                     log = lambda msg, name=name: print(f"[{name}] {msg}", flush=True)
-                    history = finetune_task(backbone, tok, config, cfg, task, data, seed,
+                    history = finetune_task(backbone, tok, config, cfg, task, data[task], seed,
                                             workdir / "checkpoints" / name, log)
                     rows += result_rows(config, task, method, float(rate), seed, info, history,
                                         time.perf_counter() - t0)

@@ -30,9 +30,7 @@ def tiny(rank: int | None = 8):
 
 
 def batch(n=8, t=12, seed=0, **extra):
-    rng = np.random.default_rng(seed)
-    rows = [list(rng.integers(5, 1000, t - i % 3)) for i in range(n)]
-    types = [[0] * (len(r) // 2) + [1] * (len(r) - len(r) // 2) for r in rows]
+    rows, types = _rows_types(n, t, seed)
     return ft.pad_batch(rows, types, n, 16, **extra)
 
 
@@ -287,3 +285,29 @@ def test_run_writes_rows_and_resumes(tmp_path):
     again = ft.run(c, work)  # everything finished: nothing retrained, same rows
     assert again == got
     assert "| glue/rte dev | accuracy | svd | 10 |" in ft.summary_table(got)
+
+
+def test_mean_pooling_reads_only_real_tokens():
+    """pooling="mean" (sentence-transformers checkpoints): the mean of the unpadded states, so
+    extra padding leaves the logits unchanged and they equal the classifier of a hand mean."""
+    model, _ = tiny(rank=None)
+    head = SequenceHead(model, 3, pooling="mean", rngs=nnx.Rngs(0))
+    b16, b32 = batch(), ft.pad_batch(*_rows_types(), 8, 32)
+    ids, mask = jnp.asarray(b16["ids"]), jnp.asarray(b16["mask"])
+    out16 = head(ids, mask, jnp.asarray(b16["token_type_ids"]))
+    out32 = head(jnp.asarray(b32["ids"]), jnp.asarray(b32["mask"]), jnp.asarray(b32["token_type_ids"]))
+    np.testing.assert_allclose(out16, out32, atol=1e-5)
+    h = np.asarray(model.encode(ids, mask, jnp.asarray(b16["token_type_ids"])))
+    m = b16["mask"][..., None]
+    want = head.classifier((h * m).sum(1) / m.sum(1))
+    np.testing.assert_allclose(out16, want, atol=1e-5)
+    assert not np.allclose(out16, SequenceHead(model, 3, pooling="cls", rngs=nnx.Rngs(0))(
+        ids, mask, jnp.asarray(b16["token_type_ids"])), atol=1e-3)
+    with pytest.raises(ConfigError):
+        SequenceHead(model, 3, pooling="max", rngs=nnx.Rngs(0))
+
+
+def _rows_types(n=8, t=12, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = [list(rng.integers(5, 1000, t - i % 3)) for i in range(n)]
+    return rows, [[0] * (len(r) // 2) + [1] * (len(r) - len(r) // 2) for r in rows]

@@ -13,14 +13,13 @@ from tqdm.auto import tqdm
 
 from dirjax.errors import DataError
 from dirjax.evaluate.perplexity import bucket_batches, jit_on_model, pad_rows
+from dirjax.models.heads import mean_pool
 
 
 def _mean_pooled(graphdef, state, tokens, mask):
     """[B, d] mean of the hidden states `[B, T, d]` over the real (mask 1) tokens."""
     model = nnx.merge(graphdef, state)
-    h = model.encode(tokens, mask).astype(jnp.float32)
-    m = mask[..., None].astype(jnp.float32)
-    return (h * m).sum(axis=1) / jnp.maximum(m.sum(axis=1), 1e-9)
+    return mean_pool(model.encode(tokens, mask).astype(jnp.float32), mask)
 
 
 def sentence_embeddings(model, tokenizer, sentences: list[str], *, batch_size: int = 32,

@@ -3,7 +3,9 @@
   SequenceHead: GLUE classification (`num_labels` logits) or regression (`num_labels == 1`)
                 from the pooled output (BERT's pooler: tanh(W h[CLS] + b)) or, for checkpoints
                 without a pooler (BertForMaskedLM, GPT-2/Llama), the [CLS] / first state;
-                like Hugging Face's BertForSequenceClassification.
+                like Hugging Face's BertForSequenceClassification. `pooling="mean"`: the mean
+                of the unpadded token states, as sentence-transformers checkpoints
+                (all-MiniLM-L6-v2) were trained to be read.
   SpanHead:     SQuAD start / end logits `[B, T]` from the sequence output, like
                 BertForQuestionAnswering.
 
@@ -41,8 +43,8 @@ class SequenceHead(nnx.Module):
         has_pooler = getattr(backbone, "pooler", None) is not None
         if pooling == "auto":  # the pretrained pooler when the checkpoint has one (BertModel)
             pooling = "pooler" if has_pooler else "cls"
-        if pooling not in ("pooler", "cls"):
-            raise ConfigError(f"pooling must be 'auto', 'pooler' or 'cls', got {pooling!r}")
+        if pooling not in ("pooler", "cls", "mean"):
+            raise ConfigError(f"pooling must be 'auto', 'pooler', 'cls' or 'mean', got {pooling!r}")
         if pooling == "pooler" and not has_pooler:
             raise ConfigError(f"this {type(backbone).__name__} has no pooler; use pooling='cls'")
         self.backbone = backbone
@@ -53,8 +55,21 @@ class SequenceHead(nnx.Module):
 
     def __call__(self, ids, attention_mask=None, token_type_ids=None, *, dropout_key=None):
         h = self.backbone.encode(ids, attention_mask, token_type_ids)      # [B, T, d]
-        pooled = self.backbone.pool(h) if self.pooling == "pooler" else h[:, 0]
+        if self.pooling == "pooler":
+            pooled = self.backbone.pool(h)
+        elif self.pooling == "mean":
+            pooled = mean_pool(h, attention_mask)
+        else:
+            pooled = h[:, 0]
         return self.classifier(dropout(pooled, self.dropout_rate, dropout_key))
+
+
+def mean_pool(h: jax.Array, attention_mask: jax.Array | None) -> jax.Array:
+    """`[B, T, d]` -> `[B, d]`: the mean over positions where `attention_mask` is 1."""
+    if attention_mask is None:
+        return jnp.mean(h, axis=1)
+    m = attention_mask[..., None].astype(h.dtype)
+    return jnp.sum(h * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
 
 
 class SpanHead(nnx.Module):
