@@ -45,7 +45,7 @@ def setup_runtime() -> None:
     """Before JAX's first computation: fast CPU kernels, and joining the other hosts.
 
     XNNPACK makes the AE's small matmuls ~1.6x faster on CPU (bench/compress_speed.py); the
-    flag is known to jaxlib >= 0.10 (an unknown XLA flag aborts the process, hence the check).
+    flags are known to jaxlib >= 0.10 (an unknown XLA flag aborts the process, hence the check).
     DIRJAX_DISTRIBUTED=1: `jax.distributed.initialize()` joins every process of a TPU pod
     slice (found automatically) or of a GPU cluster (JAX_COORDINATOR_ADDRESS,
     JAX_NUM_PROCESSES, JAX_PROCESS_ID); jax.devices() then spans all hosts.

@@ -260,6 +260,8 @@ def fit(model, loss_fn: Callable, train_batches: Callable[[int], Iterator[dict]]
                                               jax.device_put(batch, data), k)
             losses.append(loss)
             n += int(batch["weight"].sum())
+        # dispatch is asynchronous: wait for the last step before reading the clock
+        jax.block_until_ready((trainable, opt_state))
         train_s = time.perf_counter() - t0
         metrics = dict(evaluate(predict), epoch=epoch + 1, train_loss=float(np.mean(losses)),
                        train_seconds=train_s, examples_per_s=n / train_s,

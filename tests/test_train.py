@@ -81,3 +81,15 @@ def test_a_workdir_of_another_run_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="another run"):
         train_autoencoder(table(), 2, AEOptions(epochs=2, batch_size=8, progress=False,
                                                 workdir=str(tmp_path)))
+
+
+def test_permutation_is_a_uniform_shuffle():
+    """Every id once; each position's value uniform over ids (chi-square over 2000 draws);
+    different keys give different orders."""
+    from dirjax.compress.train import permutation
+    perms = np.stack([np.asarray(permutation(jax.random.PRNGKey(i), 10)) for i in range(2000)])
+    assert (np.sort(perms, axis=1) == np.arange(10)).all()
+    counts = np.stack([np.bincount(perms[:, j], minlength=10) for j in range(10)])  # [pos, id]
+    chi2 = ((counts - 200.0) ** 2 / 200.0).sum()
+    assert chi2 < 150  # 81 degrees of freedom: p(chi2 > 150) < 1e-5
+    assert len({tuple(p) for p in perms}) > 1990
