@@ -126,9 +126,13 @@ def test_four_devices_equal_one_device():
     assert out[0][0] == pytest.approx(out[1][0], abs=1e-6)
     for x, y in zip(jax.tree.leaves(out[0][1]), jax.tree.leaves(out[1][1])):
         np.testing.assert_allclose(x, y, atol=1e-5)
-    # every array the task uses received a gradient; the unused MLM head got none
+    # every array the task uses received a gradient; the unused MLM head got none. The
+    # attention key bias is left out: it shifts all scores of a query equally, so its
+    # gradient is 0 in exact arithmetic and float noise, or exactly 0, in practice.
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(trainable)[0]]
     for path, x, y in zip(paths, jax.tree.leaves(out[0][1]), jax.tree.leaves(trainable)):
+        if "['key']['bias']" in path:
+            continue
         assert (np.abs(x - y).max() > 0) == ("mlm" not in path), path
 
 
