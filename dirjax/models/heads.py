@@ -46,7 +46,7 @@ class SequenceHead(nnx.Module):
         if pooling not in ("pooler", "cls", "mean"):
             raise ConfigError(f"pooling must be 'auto', 'pooler', 'cls' or 'mean', got {pooling!r}")
         if pooling == "pooler" and not has_pooler:
-            raise ConfigError(f"this {type(backbone).__name__} has no pooler; use pooling='cls'")
+            raise ConfigError(f"this {type(backbone).__name__} has no pooler; use pooling='cls' or 'mean'")
         self.backbone = backbone
         self.pooling = pooling
         self.num_labels = num_labels
