@@ -1,11 +1,15 @@
 """Speed of the compression engine on the real SmolLM2-135M table (49152 x 576) at rate 10.
 
-Prints: this machine's fp32 matmul GFLOP/s (numpy 2048 x 2048, median of 5 timings), the SVD
-wall time, the paper's AE (30 epochs, batch 32) wall time, rows/s and GFLOP/s, and the same
-epoch loop's throughput at batch 32, 256, 1024 and 4096 (median epoch of `--sweep-epochs`
-after a compile epoch), each as a fraction of numpy's matmul measured again just before it,
-so that a load that changes during the run moves both figures. `--torch` adds one epoch of a
-plain PyTorch loop doing the same math, for comparison on the same machine.
+Prints: this machine's fp32 matmul GFLOP/s (numpy 2048 x 2048), the SVD wall time, the
+paper's AE (30 epochs, batch 32) wall time, rows/s and GFLOP/s, and the same epoch loop's
+throughput at batch 32, 256, 1024 and 4096. `--torch` adds one epoch of a plain PyTorch loop
+doing the same math, for comparison on the same machine.
+
+The throughput sweep pairs measurements: after a compile epoch, each of `--sweep-epochs`
+rounds times numpy's product, waits 0.5 s (OpenBLAS's threads keep spinning for a while after
+a product and would slow the next epoch down), then times one epoch. It prints the median
+epoch, and the median over rounds of (epoch GFLOP/s / numpy GFLOP/s of the same round): on a
+shared machine whose speed drifts, a ratio of neighbouring measurements is the stable figure.
 
 GFLOP/s counts only the five [B, d] x [d, k]-sized products of a step (forward encoder and
 decoder, backward dW_dec, dh, dW_enc): the loss's elementwise work (a log and an exp per
@@ -34,7 +38,7 @@ def parse():
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--rate", type=float, default=10)
     p.add_argument("--batches", default="32,256,1024,4096")
-    p.add_argument("--sweep-epochs", type=int, default=5, help="epochs timed per batch size")
+    p.add_argument("--sweep-epochs", type=int, default=9, help="paired rounds per batch size")
     p.add_argument("--torch", action="store_true", help="also time one epoch of a PyTorch loop")
     p.add_argument("--xla-flags", default=FAST_CPU_FLAGS)
     return p.parse_args()
@@ -66,6 +70,42 @@ def numpy_gflops(n=2048, reps=4, repeats=5):
             a @ a
         times.append(time.perf_counter() - tic)
     return 2 * n ** 3 * reps / float(np.median(times)) / 1e9
+
+
+def paired_sweep(table, k, batch, rounds):
+    """(median epoch seconds, median numpy GFLOP/s, median per-round ratio of the epoch's
+    matmul GFLOP/s to numpy's) for the AE epoch at `batch`; see the module docstring."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+    from dirjax.compress import autoencoder as ae
+    from dirjax.compress.train import AEOptions, make_epoch_fn, make_mesh
+
+    v, d = table.shape
+    # the compiled epoch train_autoencoder runs, driven here one epoch at a time
+    graphdef, state = nnx.split(ae.DirectionAutoEncoder(d, k, rngs=nnx.Rngs(1)))
+    optimizer = optax.scale_by_adam()
+    opt_state = optimizer.init(state)
+    epoch = make_epoch_fn(graphdef, optimizer, make_mesh(), v, AEOptions(batch_size=batch))
+    row_w = jnp.ones((v,), jnp.float32)
+
+    def run(e):
+        nonlocal state, opt_state
+        tic = time.perf_counter()
+        state, opt_state, loss, _ = epoch(state, opt_state, table, row_w, jax.random.PRNGKey(e),
+                                          jnp.float32(ae.alpha_at(e, 30)), jnp.float32(1e-3))
+        float(loss)
+        return time.perf_counter() - tic
+
+    run(0)  # compile
+    secs, peaks = [], []
+    for r in range(rounds):
+        peaks.append(numpy_gflops(reps=2, repeats=3))
+        time.sleep(0.5)
+        secs.append(run(r + 1))
+    gflops = ae_flops_per_epoch(v, d, k) / np.array(secs) / 1e9
+    return float(np.median(secs)), float(np.median(peaks)), float(np.median(gflops / np.array(peaks)))
 
 
 def ae_flops_per_epoch(v, d, k):
@@ -103,7 +143,6 @@ def main():
     import jax
     import jax.numpy as jnp
     from dirjax.compress import compress, rank_for_rate
-    from dirjax.compress.train import AEOptions, train_autoencoder
 
     print(f"devices: {jax.devices()}  cores: {os.cpu_count()}  XLA_FLAGS={os.environ['XLA_FLAGS']!r}")
     peak = numpy_gflops()
@@ -132,15 +171,13 @@ def main():
           f"{v * args.epochs / epochs_s:,.0f} rows/s, {flops / epochs_s / 1e9:.1f} GFLOP/s; "
           f"cos_mean {emb.metrics['cos_mean']:.4f} (SVD {svd.metrics['cos_mean']:.4f})")
 
-    print(f"epoch loop throughput ({args.sweep_epochs} epochs after a compile epoch):")
+    print(f"epoch loop throughput ({args.sweep_epochs} rounds of numpy product + epoch, after a compile epoch):")
     for batch in map(int, args.batches.split(",")):
-        opts = AEOptions(epochs=args.sweep_epochs + 1, batch_size=batch, progress=False)
-        peak = numpy_gflops()
-        train_autoencoder(table, k, opts)
-        secs = float(np.median([r["seconds"] for r in opts.log[1:]]))
+        secs, peak, ratio = paired_sweep(table, k, batch, args.sweep_epochs)
         gf = ae_flops_per_epoch(v, d, k) / secs / 1e9
         print(f"  batch {batch:5d}: {secs:.3f} s/epoch (median), {v / secs:>12,.0f} rows/s, "
-              f"{gf:6.1f} GFLOP/s ({gf / peak:.0%} of numpy's matmul, {peak:.0f} GFLOP/s just before)")
+              f"{gf:6.1f} GFLOP/s; {ratio:.0%} of numpy's matmul (median of paired ratios; "
+              f"numpy {peak:.0f} GFLOP/s median)")
 
     if args.torch:
         secs = torch_epoch(table, k)

@@ -52,6 +52,17 @@ def test_autoencoder_shapes_and_linear_default():
     assert deep.encode(x).shape == (5, 3) and len(deep.encoder) == 2
 
 
+def test_encoder_stores_out_in_with_torch_linear_values():
+    """The encoder's `[out, in]` kernel holds the transposed values an `[in, out]` nn.Linear-style
+    layer draws from the same keys, and computes the same function."""
+    enc = ae.LinearOutIn(6, 3, nnx.Rngs(5))
+    ref = ae.torch_linear(6, 3, nnx.Rngs(5))
+    assert enc.kernel[...].shape == (3, 6)
+    np.testing.assert_array_equal(enc.kernel[...], ref.kernel[...].T)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((4, 6)), jnp.float32)
+    np.testing.assert_allclose(enc(x), ref(x), rtol=1e-6, atol=1e-6)
+
+
 def test_torch_style_init_bounds():
     m = ae.DirectionAutoEncoder(100, 4, rngs=nnx.Rngs(0))
     k = np.asarray(m.encoder[0].kernel[...])
