@@ -17,6 +17,10 @@ entry) and the row gather are not counted, so the figure is what the matmuls ach
 amid everything else an epoch does.
 
     .venv/bin/python bench/compress_speed.py [--epochs 30] [--torch] [--xla-flags "..."]
+    .venv/bin/python bench/compress_speed.py --ablation 1024 --sweep-epochs 15
+
+`--ablation B` times only the epoch at batch B three ways, in turn: with the direction loss,
+with its cosine term alone, with a squared error: what the loss's terms cost.
 
 XLA's CPU flags must be set before JAX starts, hence `--xla-flags` (default FAST_CPU_FLAGS:
 XNNPACK kernels, which run the small matmuls of batch-32 steps much faster than the default).
@@ -41,6 +45,9 @@ def parse():
     p.add_argument("--sweep-epochs", type=int, default=9, help="paired rounds per batch size")
     p.add_argument("--torch", action="store_true", help="also time one epoch of a PyTorch loop")
     p.add_argument("--xla-flags", default=FAST_CPU_FLAGS)
+    p.add_argument("--verbose", action="store_true", help="print every round of the sweep")
+    p.add_argument("--ablation", type=int, default=0, metavar="BATCH",
+                   help="only time the epoch at BATCH with the loss's terms taken away")
     return p.parse_args()
 
 
@@ -72,40 +79,84 @@ def numpy_gflops(n=2048, reps=4, repeats=5):
     return 2 * n ** 3 * reps / float(np.median(times)) / 1e9
 
 
-def paired_sweep(table, k, batch, rounds):
-    """(median epoch seconds, median numpy GFLOP/s, median per-round ratio of the epoch's
-    matmul GFLOP/s to numpy's) for the AE epoch at `batch`; see the module docstring."""
+def epoch_runner(table, k, batch, loss=None):
+    """`run(e) -> seconds`: one epoch e of the compiled AE epoch that train_autoencoder runs,
+    at `batch`, with the direction loss or `loss` (same signature); compiled on return."""
     import jax
     import jax.numpy as jnp
     import optax
     from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec as P
     from dirjax.compress import autoencoder as ae
     from dirjax.compress.train import AEOptions, make_epoch_fn, make_mesh
 
     v, d = table.shape
-    # the compiled epoch train_autoencoder runs, driven here one epoch at a time
+    mesh = make_mesh()
     graphdef, state = nnx.split(ae.DirectionAutoEncoder(d, k, rngs=nnx.Rngs(1)))
     optimizer = optax.scale_by_adam()
-    opt_state = optimizer.init(state)
-    epoch = make_epoch_fn(graphdef, optimizer, make_mesh(), v, AEOptions(batch_size=batch))
+    # placed as train_autoencoder places them: an uncommitted state would compile twice
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+    opt_state = jax.device_put(optimizer.init(state), NamedSharding(mesh, P()))
+    epoch = make_epoch_fn(graphdef, optimizer, mesh, v, AEOptions(batch_size=batch),
+                          loss=loss or ae.direction_loss)
     row_w = jnp.ones((v,), jnp.float32)
 
     def run(e):
         nonlocal state, opt_state
         tic = time.perf_counter()
-        state, opt_state, loss, _ = epoch(state, opt_state, table, row_w, jax.random.PRNGKey(e),
-                                          jnp.float32(ae.alpha_at(e, 30)), jnp.float32(1e-3))
-        float(loss)
+        state, opt_state, value, _ = epoch(state, opt_state, table, row_w, jax.random.PRNGKey(e),
+                                           jnp.float32(ae.alpha_at(e, 30)), jnp.float32(1e-3))
+        float(value)
         return time.perf_counter() - tic
 
     run(0)  # compile
+    return run
+
+
+def paired_sweep(table, k, batch, rounds, verbose=False):
+    """(median epoch seconds, median numpy GFLOP/s, median per-round ratio of the epoch's
+    matmul GFLOP/s to numpy's) for the AE epoch at `batch`; see the module docstring."""
+    run = epoch_runner(table, k, batch)
     secs, peaks = [], []
     for r in range(rounds):
         peaks.append(numpy_gflops(reps=2, repeats=3))
         time.sleep(0.5)
         secs.append(run(r + 1))
+    if verbose:
+        print(f"    batch {batch}, each round: numpy GFLOP/s / epoch ms: "
+              + "  ".join(f"{p:.0f}/{s * 1000:.0f}" for p, s in zip(peaks, secs)))
+    v, d = table.shape
     gflops = ae_flops_per_epoch(v, d, k) / np.array(secs) / 1e9
     return float(np.median(secs)), float(np.median(peaks)), float(np.median(gflops / np.array(peaks)))
+
+
+def loss_ablation(table, k, batch, rounds):
+    """Where a large-batch epoch goes: the same epoch with the direction loss, with its cosine
+    term alone, and with a plain squared error (no row reductions, no log/exp); one epoch of
+    each per round, in turn, so that all three see the same machine. Prints medians and the
+    median per-round ratio to the direction loss's epoch."""
+    import jax.numpy as jnp
+    from dirjax.compress import autoencoder as ae
+
+    def cosine_only(x_hat, x, alpha, w, *, w_cos, w_rec):
+        cos = ae.cosine(x_hat, x)
+        return jnp.sum(w * w_cos * (1.0 - cos)) / jnp.sum(w), jnp.sum(w * cos) / jnp.sum(w)
+
+    def squared_error(x_hat, x, alpha, w, *, w_cos, w_rec):
+        return jnp.sum(w[:, None] * (x_hat - x) ** 2) / jnp.sum(w), jnp.float32(0)
+
+    losses = {"direction loss": None, "cosine term only": cosine_only,
+              "squared error": squared_error}
+    runs = {name: epoch_runner(table, k, batch, loss) for name, loss in losses.items()}
+    secs = {name: [] for name in runs}
+    for r in range(rounds):
+        for name, run in runs.items():
+            secs[name].append(run(r + 1))
+    base = np.array(secs["direction loss"])
+    print(f"loss ablation, batch {batch} ({rounds} rounds, the three epochs in turn):")
+    for name, s in secs.items():
+        print(f"  {name:17s} {np.median(s) * 1000:6.1f} ms/epoch (median), "
+              f"{np.median(np.array(s) / base):.2f}x the direction loss's epoch (median ratio)")
 
 
 def ae_flops_per_epoch(v, d, k):
@@ -152,6 +203,8 @@ def main():
     v, d = table.shape
     k = rank_for_rate(v, d, args.rate)
     print(f"table {v} x {d} ({how}), rate {args.rate:g} -> rank {k}")
+    if args.ablation:
+        return loss_ablation(table, k, args.ablation, args.sweep_epochs)
 
     for exact in (False, True):
         tic = time.perf_counter()
@@ -173,7 +226,7 @@ def main():
 
     print(f"epoch loop throughput ({args.sweep_epochs} rounds of numpy product + epoch, after a compile epoch):")
     for batch in map(int, args.batches.split(",")):
-        secs, peak, ratio = paired_sweep(table, k, batch, args.sweep_epochs)
+        secs, peak, ratio = paired_sweep(table, k, batch, args.sweep_epochs, args.verbose)
         gf = ae_flops_per_epoch(v, d, k) / secs / 1e9
         print(f"  batch {batch:5d}: {secs:.3f} s/epoch (median), {v / secs:>12,.0f} rows/s, "
               f"{gf:6.1f} GFLOP/s; {ratio:.0%} of numpy's matmul (median of paired ratios; "

@@ -11,7 +11,7 @@ causal perplexity on the first 8,192 tokens of the held-out `pydoc_data.topics` 
 fourth topic; 16 windows of 512, 8,176 tokens scored). Work directory: runs/default.
 
 Expected (2-core CPU, 3.5 min; `make demo` from a fresh clone 4 min 41 s): original 15.22; svd 39,228 tied / 10,959
-original head; ae 7,618 / 7,801; quant_gptq 15.38 / 15.30 (1.01x). Low rank
+original head; ae 7,468 / 7,905; quant_gptq 15.38 / 15.30 (1.01x). Low rank
 alone cannot serve this model; the printed verdict says so.
 """
 from dirjax.experiment import base_config

@@ -150,9 +150,11 @@ def batch_plan(num_rows: int, batch_size: int, key) -> tuple[jax.Array, jax.Arra
     return ids.reshape(steps, batch_size), live.reshape(steps, batch_size)
 
 
-def make_epoch_fn(graphdef, optimizer, mesh: Mesh, num_rows: int, opts: AEOptions):
+def make_epoch_fn(graphdef, optimizer, mesh: Mesh, num_rows: int, opts: AEOptions,
+                  loss=ae.direction_loss):
     """The jitted epoch: (state, opt_state, table, row_w, key, alpha, lr) -> (state, opt_state,
-    mean loss, mean cosine). `state`/`opt_state` are donated: updated in place."""
+    mean loss, mean cosine). `state`/`opt_state` are donated: updated in place. `loss` has
+    `direction_loss`'s signature (other losses: bench/compress_speed.py's --ablation)."""
     batch_sharding = NamedSharding(mesh, P(None, "data"))
     # One device: each step gathers its 32 rows from the table (no [V, d] permuted copy; a
     # whole-table gather costs 0.1 s on CPU, 32-row gathers 0.03 s an epoch). Several devices:
@@ -163,7 +165,7 @@ def make_epoch_fn(graphdef, optimizer, mesh: Mesh, num_rows: int, opts: AEOption
 
     def loss_fn(state, x, w, alpha):
         x_hat = nnx.merge(graphdef, state)(x)
-        return ae.direction_loss(x_hat, x, alpha, w, **loss_kw)
+        return loss(x_hat, x, alpha, w, **loss_kw)
 
     def step(carry, batch, table, alpha, lr):
         state, opt_state = carry
