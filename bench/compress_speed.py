@@ -7,9 +7,11 @@ doing the same math, for comparison on the same machine.
 
 The throughput sweep pairs measurements: after a compile epoch, each of `--sweep-epochs`
 rounds times numpy's product, waits 0.5 s (OpenBLAS's threads keep spinning for a while after
-a product and would slow the next epoch down), then times one epoch. It prints the median
-epoch, and the median over rounds of (epoch GFLOP/s / numpy GFLOP/s of the same round): on a
-shared machine whose speed drifts, a ratio of neighbouring measurements is the stable figure.
+a product), runs one untimed epoch (after the product and the pause the caches are cold and
+that epoch runs ~10% slow, where a training run's epochs follow each other), then times three
+epochs back to back. It prints the median epoch, and the median over rounds of (epoch GFLOP/s
+/ numpy GFLOP/s of the same round): on a shared machine whose speed drifts, a ratio of
+neighbouring measurements is the stable figure.
 
 GFLOP/s counts only the five [B, d] x [d, k]-sized products of a step (forward encoder and
 decoder, backward dW_dec, dh, dW_enc): the loss's elementwise work (a log and an exp per
@@ -113,15 +115,19 @@ def epoch_runner(table, k, batch, loss=None):
     return run
 
 
+EPOCHS_PER_ROUND = 3
+
+
 def paired_sweep(table, k, batch, rounds, verbose=False):
     """(median epoch seconds, median numpy GFLOP/s, median per-round ratio of the epoch's
     matmul GFLOP/s to numpy's) for the AE epoch at `batch`; see the module docstring."""
     run = epoch_runner(table, k, batch)
-    secs, peaks = [], []
+    secs, peaks = [], []  # per round: median of its timed epochs; numpy just before them
     for r in range(rounds):
         peaks.append(numpy_gflops(reps=2, repeats=3))
         time.sleep(0.5)
-        secs.append(run(r + 1))
+        run(0)  # untimed: caches are cold after numpy's product and the pause
+        secs.append(float(np.median([run(r * EPOCHS_PER_ROUND + i + 1) for i in range(EPOCHS_PER_ROUND)])))
     if verbose:
         print(f"    batch {batch}, each round: numpy GFLOP/s / epoch ms: "
               + "  ".join(f"{p:.0f}/{s * 1000:.0f}" for p, s in zip(peaks, secs)))
@@ -224,7 +230,8 @@ def main():
           f"{v * args.epochs / epochs_s:,.0f} rows/s, {flops / epochs_s / 1e9:.1f} GFLOP/s; "
           f"cos_mean {emb.metrics['cos_mean']:.4f} (SVD {svd.metrics['cos_mean']:.4f})")
 
-    print(f"epoch loop throughput ({args.sweep_epochs} rounds of numpy product + epoch, after a compile epoch):")
+    print(f"epoch loop throughput ({args.sweep_epochs} rounds of numpy product + {EPOCHS_PER_ROUND} epochs, "
+          f"after a compile epoch):")
     for batch in map(int, args.batches.split(",")):
         secs, peak, ratio = paired_sweep(table, k, batch, args.sweep_epochs, args.verbose)
         gf = ae_flops_per_epoch(v, d, k) / secs / 1e9
