@@ -1,7 +1,8 @@
 """Speed of the compression engine on the real SmolLM2-135M table (49152 x 576) at rate 10.
 
 Prints: this machine's fp32 matmul GFLOP/s (numpy 2048 x 2048), the SVD wall time, the
-paper's AE (30 epochs, batch 32) wall time, rows/s and GFLOP/s, and the same epoch loop's
+paper's AE (30 epochs, batch 32; other batches with --run-batches) wall time, rows/s and
+GFLOP/s, its steady epochs against numpy's product measured before and after, the same loop's
 throughput at batch 32, 256, 1024 and 4096. `--torch` adds one epoch of a plain PyTorch loop
 doing the same math, for comparison on the same machine.
 
@@ -20,6 +21,7 @@ amid everything else an epoch does.
 
     .venv/bin/python bench/compress_speed.py [--epochs 30] [--torch] [--xla-flags "..."]
     .venv/bin/python bench/compress_speed.py --ablation 1024 --sweep-epochs 15
+    .venv/bin/python bench/compress_speed.py --run-batches 32,1024   # whole runs at both
 
 `--ablation B` times only the epoch at batch B three ways, in turn: with the direction loss,
 with its cosine term alone, with a squared error: what the loss's terms cost.
@@ -43,6 +45,7 @@ def parse():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--rate", type=float, default=10)
+    p.add_argument("--run-batches", default="32", help="whole --epochs runs at these batch sizes")
     p.add_argument("--batches", default="32,256,1024,4096")
     p.add_argument("--sweep-epochs", type=int, default=9, help="paired rounds per batch size")
     p.add_argument("--torch", action="store_true", help="also time one epoch of a PyTorch loop")
@@ -219,16 +222,22 @@ def main():
         print(f"SVD ({'exact' if exact else 'randomized, 4 power iterations'}): "
               f"{time.perf_counter() - tic:.2f} s (with compile), cos_mean {svd.metrics['cos_mean']:.4f}")
 
-    log = []
-    tic = time.perf_counter()
-    emb = compress(table, rank=k, method="ae", epochs=args.epochs, log=log)
-    total = time.perf_counter() - tic
-    epochs_s = sum(r["seconds"] for r in log)
-    flops = ae_flops_per_epoch(v, d, k) * args.epochs
-    print(f"AE {args.epochs} epochs, batch 32: {total:.2f} s in all (compile, encode, metrics), "
-          f"{epochs_s:.2f} s in epochs ({epochs_s / args.epochs:.3f} s/epoch, 1st with compile), "
-          f"{v * args.epochs / epochs_s:,.0f} rows/s, {flops / epochs_s / 1e9:.1f} GFLOP/s; "
-          f"cos_mean {emb.metrics['cos_mean']:.4f} (SVD {svd.metrics['cos_mean']:.4f})")
+    for batch in map(int, args.run_batches.split(",")):
+        log, before = [], numpy_gflops()
+        tic = time.perf_counter()
+        emb = compress(table, rank=k, method="ae", epochs=args.epochs, batch_size=batch, log=log)
+        total = time.perf_counter() - tic
+        after = numpy_gflops()
+        epochs_s = sum(r["seconds"] for r in log)
+        flops = ae_flops_per_epoch(v, d, k) * args.epochs
+        steady = float(np.median([r["seconds"] for r in log[1:]])) if len(log) > 1 else epochs_s
+        print(f"AE {args.epochs} epochs, batch {batch}: {total:.2f} s in all (compile, encode, metrics), "
+              f"{epochs_s:.2f} s in epochs ({epochs_s / args.epochs:.3f} s/epoch, 1st with compile), "
+              f"{v * args.epochs / epochs_s:,.0f} rows/s, {flops / epochs_s / 1e9:.1f} GFLOP/s; "
+              f"cos_mean {emb.metrics['cos_mean']:.4f} (SVD {svd.metrics['cos_mean']:.4f})")
+        gf = ae_flops_per_epoch(v, d, k) / steady / 1e9
+        print(f"  epochs 2-{args.epochs}: median {steady:.3f} s, {gf:.1f} GFLOP/s = "
+              f"{gf / ((before + after) / 2):.0%} of numpy's matmul (before/after: {before:.0f}/{after:.0f} GFLOP/s)")
 
     print(f"epoch loop throughput ({args.sweep_epochs} rounds of numpy product + {EPOCHS_PER_ROUND} epochs, "
           f"after a compile epoch):")
