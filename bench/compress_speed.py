@@ -89,22 +89,11 @@ def epoch_runner(table, k, batch, loss=None):
     at `batch`, with the direction loss or `loss` (same signature); compiled on return."""
     import jax
     import jax.numpy as jnp
-    import optax
-    from flax import nnx
-    from jax.sharding import NamedSharding, PartitionSpec as P
     from dirjax.compress import autoencoder as ae
-    from dirjax.compress.train import AEOptions, make_epoch_fn, make_mesh
+    from dirjax.compress.train import AEOptions, setup_training
 
-    v, d = table.shape
-    mesh = make_mesh()
-    graphdef, state = nnx.split(ae.DirectionAutoEncoder(d, k, rngs=nnx.Rngs(1)))
-    optimizer = optax.scale_by_adam()
-    # placed as train_autoencoder places them: an uncommitted state would compile twice
-    state = jax.device_put(state, NamedSharding(mesh, P()))
-    opt_state = jax.device_put(optimizer.init(state), NamedSharding(mesh, P()))
-    epoch = make_epoch_fn(graphdef, optimizer, mesh, v, AEOptions(batch_size=batch),
-                          loss=loss or ae.direction_loss)
-    row_w = jnp.ones((v,), jnp.float32)
+    _, state, opt_state, epoch, table, row_w = setup_training(
+        table, k, AEOptions(batch_size=batch), loss=loss or ae.direction_loss)
 
     def run(e):
         nonlocal state, opt_state

@@ -116,6 +116,8 @@ def _fmix32(h: jax.Array) -> jax.Array:
 
 
 def _fmix32_inverse(h: jax.Array) -> jax.Array:
+    """The inverse of `_fmix32` (each xor-shift undone by its own shifts, each multiply by the
+    odd factor's inverse mod 2^32)."""
     h = (h ^ (h >> 16)) * jnp.uint32(pow(0xC2B2AE35, -1, 2 ** 32))
     h = (h ^ (h >> 13) ^ (h >> 26)) * jnp.uint32(pow(0x85EBCA6B, -1, 2 ** 32))
     return h ^ (h >> 16)
@@ -228,11 +230,9 @@ def encode_table(graphdef, state, table) -> jax.Array:
     return jax.jit(lambda s, t: nnx.merge(graphdef, s).encode(t))(state, table)
 
 
-def train_autoencoder(table, rank: int, opts: AEOptions, svd_init=None):
-    """Train on `table [V, d]`; return (codes `[V, k]`, weight `[k, d]`, bias `[d]`) as host arrays.
-
-    `svd_init`: (codes, V_k^T) to start from when opts.init == "svd".
-    """
+def setup_training(table, rank: int, opts: AEOptions, svd_init=None, loss=ae.direction_loss):
+    """Everything an epoch needs, placed on the mesh: (graphdef, params, Adam state, the jitted
+    epoch of `make_epoch_fn`, the row-sharded table, the row-sharded row weights `[V]`)."""
     num_rows, features = table.shape
     mesh = make_mesh(opts.devices)
     n_dev = mesh.devices.size
@@ -254,7 +254,17 @@ def train_autoencoder(table, rank: int, opts: AEOptions, svd_init=None):
     row_w = np.ones((num_rows,), np.float32) if opts.row_weights is None else \
         np.asarray(opts.row_weights, np.float32)
     row_w = shard_rows(row_w, mesh)
-    epoch_fn = make_epoch_fn(graphdef, optimizer, mesh, num_rows, opts)
+    epoch_fn = make_epoch_fn(graphdef, optimizer, mesh, num_rows, opts, loss)
+    return graphdef, state, opt_state, epoch_fn, table, row_w
+
+
+def train_autoencoder(table, rank: int, opts: AEOptions, svd_init=None):
+    """Train on `table [V, d]`; return (codes `[V, k]`, weight `[k, d]`, bias `[d]`) as host arrays.
+
+    `svd_init`: (codes, V_k^T) to start from when opts.init == "svd".
+    """
+    num_rows = table.shape[0]
+    graphdef, state, opt_state, epoch_fn, table, row_w = setup_training(table, rank, opts, svd_init)
 
     manager = _checkpoint_manager(opts.workdir, opts.checkpoint_every) if opts.workdir else None
     start = 0
