@@ -22,6 +22,7 @@ amid everything else an epoch does.
     .venv/bin/python bench/compress_speed.py [--epochs 30] [--torch] [--xla-flags "..."]
     .venv/bin/python bench/compress_speed.py --ablation 1024 --sweep-epochs 15
     .venv/bin/python bench/compress_speed.py --run-batches 32,1024   # whole runs at both
+    .venv/bin/python bench/compress_speed.py --run-batches "" --batches 1024   # sweep only
 
 `--ablation B` times only the epoch at batch B three ways, in turn: with the direction loss,
 with its cosine term alone, with a squared error: what the loss's terms cost.
@@ -211,7 +212,7 @@ def main():
         print(f"SVD ({'exact' if exact else 'randomized, 4 power iterations'}): "
               f"{time.perf_counter() - tic:.2f} s (with compile), cos_mean {svd.metrics['cos_mean']:.4f}")
 
-    for batch in map(int, args.run_batches.split(",")):
+    for batch in [int(b) for b in args.run_batches.split(",") if b]:  # "" : none
         log, before = [], numpy_gflops()
         tic = time.perf_counter()
         emb = compress(table, rank=k, method="ae", epochs=args.epochs, batch_size=batch, log=log)
