@@ -1,4 +1,5 @@
 """Sharded AE training: 1 device == 4 devices, and a stopped + resumed run == an uninterrupted one."""
+import gc
 import jax
 import numpy as np
 import pytest
@@ -73,14 +74,16 @@ def test_compress_ae_end_to_end_with_svd_init():
     assert emb.metrics["cos_mean"] > svd.metrics["cos_mean"] - 0.01
 
 
-# Orbax leaves a tensorstore handle of the failed restore to the garbage collector
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+# The checkpoint's shapes are checked before any restore: a failed restore would leave Orbax's
+# reads running, to print tracebacks later (collected here, they fail this test)
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 def test_a_workdir_of_another_run_is_a_config_error(tmp_path):
     from dirjax.errors import ConfigError
     train(table(), workdir=str(tmp_path), epochs=1)
     with pytest.raises(ConfigError, match="another run"):
         train_autoencoder(table(), 2, AEOptions(epochs=2, batch_size=8, progress=False,
                                                 workdir=str(tmp_path)))
+    gc.collect()
 
 
 def test_permutation_is_a_uniform_shuffle():

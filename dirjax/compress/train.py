@@ -199,8 +199,9 @@ def make_epoch_fn(graphdef, optimizer, mesh: Mesh, num_rows: int, opts: AEOption
 def _checkpoint_manager(workdir: str, every: int):
     import orbax.checkpoint as ocp
     options = ocp.CheckpointManagerOptions(save_interval_steps=every, max_to_keep=2, create=True)
+    # the handler named here lets item_metadata read a checkpoint's shapes before a restore
     return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                                 options=options)
+                                 options=options, item_handlers=ocp.StandardCheckpointHandler())
 
 
 def _restore(manager, target: dict) -> dict | None:
@@ -210,11 +211,25 @@ def _restore(manager, target: dict) -> dict | None:
     if step is None:
         return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    another_run = f"{manager.directory} holds a checkpoint of another run (use a fresh workdir)"
+    # Shapes are compared first: a restore that fails half-way leaves Orbax's background
+    # reads running, and they print tracebacks into the user's session long after the error.
+    saved = getattr(manager.item_metadata(step), "tree", None)
+    if saved is None or _shapes(saved) != _shapes(abstract):
+        def biggest(shapes):
+            return ", ".join(map(str, sorted(set(shapes), key=np.prod, reverse=True)[:3]))
+        raise ConfigError(f"{another_run}: its largest arrays are "
+                          f"{biggest(_shapes(saved)) if saved else '?'}; this run's "
+                          f"{biggest(_shapes(abstract))}")
     try:
         return manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except (ValueError, KeyError, TypeError) as e:  # another run's shapes or tree
-        raise ConfigError(f"{manager.directory} holds a checkpoint of another run "
-                          f"(use a fresh workdir): {str(e).splitlines()[0][:200]}") from None
+    except (ValueError, KeyError, TypeError) as e:  # same shapes, another tree
+        raise ConfigError(f"{another_run}: {str(e).splitlines()[0][:200]}") from None
+
+
+def _shapes(tree) -> list[tuple]:
+    """Sorted leaf shapes of a checkpoint tree (its metadata or an abstract target)."""
+    return sorted(tuple(getattr(x, "shape", ())) for x in jax.tree.leaves(tree))  # ints: ()
 
 
 def gather_rows(x: jax.Array, rows: int) -> np.ndarray:
