@@ -4,7 +4,8 @@ Read top to bottom: the config, the blocks (RMSNorm, RoPE, grouped-query attenti
 MLP), the model, then loading from a Hugging Face directory (safetensors) or a GGUF file.
 Both loaders go through `from_state`, the one explicit mapping from Hugging Face tensor names
 to our modules, with a shape assert on every tensor. Batches are right-padded and
-positions are arange(T), as everywhere in dirjax.
+positions are arange(T), as everywhere in dirjax; `decode` runs tokens at any positions against
+a KV cache (`init_cache`; the interface is in dirjax/models/generate.py).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from flax import nnx
 
 from dirjax.embedding import Embedding
 from dirjax.errors import WeightsError
-from dirjax.models.generate import greedy  # noqa: F401  (re-exported: llama.greedy)
+from dirjax.models.generate import KVCache, greedy  # noqa: F401  (re-exported: llama.greedy)
 from dirjax.models.weights import load_tokenizer, read_safetensors, take
 
 
@@ -128,11 +129,12 @@ def rope_tables(c: LlamaConfig, length: int) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(angles), np.sin(angles)
 
 
-def apply_rope(x: jax.Array, cos: np.ndarray, sin: np.ndarray) -> jax.Array:
-    """Rotate x [B, T, H, hd] in Hugging Face's rotate-half layout (pairs i, i + hd/2)."""
+def apply_rope(x: jax.Array, cos, sin) -> jax.Array:
+    """Rotate x [B, T, H, hd] in Hugging Face's rotate-half layout (pairs i, i + hd/2);
+    cos, sin [T, hd] (positions arange(T)) or [B, T, hd] (each row's own positions)."""
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    cos, sin = cos[:, None, :].astype(x.dtype), sin[:, None, :].astype(x.dtype)
+    cos, sin = cos[..., None, :].astype(x.dtype), sin[..., None, :].astype(x.dtype)
     return x * cos + rotated * sin
 
 
@@ -144,15 +146,23 @@ class Attention(nnx.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = q, k, v, o
 
-    def __call__(self, x: jax.Array, cos, sin, mask: jax.Array) -> jax.Array:
-        """x [B, T, d], mask [B, 1, T, T] bool (True = may attend) -> [B, T, d]."""
+    def __call__(self, x: jax.Array, cos, sin, mask: jax.Array, cache=None):
+        """x [B, T, d], mask [B, 1, T, T] bool (True = may attend) -> [B, T, d].
+
+        With `cache` = (KVCache, layer index): the T new keys/values are written into the
+        cache and the queries attend all its S slots (mask [B, 1, T, S]) -> ([B, T, d], cache).
+        """
         B, T, _ = x.shape
         q = self.q_proj(x).reshape(B, T, self.num_heads, self.head_dim)
         k = self.k_proj(x).reshape(B, T, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).reshape(B, T, self.num_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            kv, layer = cache
+            kv, k, v = kv.update(layer, k, v)
         y = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=self.head_dim ** -0.5)
-        return self.o_proj(y.reshape(B, T, self.num_heads * self.head_dim))
+        y = self.o_proj(y.reshape(B, T, self.num_heads * self.head_dim))
+        return y if cache is None else (y, kv)
 
 
 class MLP(nnx.Module):
@@ -171,9 +181,14 @@ class Block(nnx.Module):
     def __init__(self, attn_norm: RMSNorm, attn: Attention, mlp_norm: RMSNorm, mlp: MLP):
         self.attn_norm, self.attn, self.mlp_norm, self.mlp = attn_norm, attn, mlp_norm, mlp
 
-    def __call__(self, x: jax.Array, cos, sin, mask: jax.Array) -> jax.Array:
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
-        return x + self.mlp(self.mlp_norm(x))
+    def __call__(self, x: jax.Array, cos, sin, mask: jax.Array, cache=None):
+        """-> x, or (x, cache) with a cache (see Attention)."""
+        if cache is None:
+            x = x + self.attn(self.attn_norm(x), cos, sin, mask)
+            return x + self.mlp(self.mlp_norm(x))
+        y, kv = self.attn(self.attn_norm(x), cos, sin, mask, cache)
+        x = x + y
+        return x + self.mlp(self.mlp_norm(x)), kv
 
 
 def causal_mask(attention_mask: jax.Array | None, B: int, T: int) -> jax.Array:
@@ -213,6 +228,30 @@ class Llama(nnx.Module):
                  token_type_ids=None) -> jax.Array:
         """ids [B, T] -> next-token logits [B, T, V]."""
         return self.out_embedding.attend(self.encode(ids, attention_mask))
+
+    # generation with a KV cache (interface: dirjax/models/generate.py)
+
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+        """An empty cache of max_len slots per row, in the parameters' dtype by default."""
+        c = self.config
+        dtype = dtype or self.norm.weight[...].dtype
+        return KVCache.init(c.num_layers, batch, max_len, c.num_kv_heads, c.head_dim, dtype)
+
+    def decode(self, ids: jax.Array, cache: KVCache, positions: jax.Array,
+               attention_mask: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+        """ids [B, T] at positions [B, T], written into the cache's next T slots
+        (attention_mask [B, T] 0: padding) -> (next-token logits [B, T, V], cache)."""
+        # cos, sin gathered from the same tables `encode` uses: the same numbers at each position
+        cos, sin = rope_tables(self.config, cache.max_len)
+        safe = jnp.clip(positions, 0, cache.max_len - 1)
+        cos, sin = jnp.take(cos, safe, axis=0), jnp.take(sin, safe, axis=0)  # [B, T, hd]
+        cache = cache.fill(positions, attention_mask)
+        mask = cache.mask(positions)
+        x = self.embedding(ids)
+        for i, block in enumerate(self.blocks):
+            x, cache = block(x, cos, sin, mask, (cache, i))
+        logits = self.out_embedding.attend(self.norm(x))
+        return logits, cache.advance(ids.shape[1])
 
 
 # ----------------------------------------------------------------------------- loading
