@@ -3,7 +3,8 @@
 Loads Hugging Face `GPT2LMHeadModel` / `GPT2Model` checkpoints (safetensors) with logits equal
 to transformers' PyTorch model (tests/test_gpt2.py). The token embedding `wte` is a swappable
 `dirjax.embedding.Embedding` in `model.embedding`; the LM head is tied to it
-(`model.out_embedding is model.embedding`).
+(`model.out_embedding is model.embedding`). `decode` runs tokens against a KV cache
+(`init_cache`; the interface is in dirjax/models/generate.py).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from flax import nnx
 
 from dirjax.embedding import Embedding
 from dirjax.errors import ConfigError, WeightsError
+from dirjax.models.generate import KVCache
 from dirjax.models.weights import build_filled, load_tokenizer, read_safetensors, take
 
 NEG_INF = -1e9  # additive mask: exp(NEG_INF - max) is exactly 0 in fp32, and never NaN
@@ -92,12 +94,20 @@ class CausalSelfAttention(nnx.Module):
         self.c_attn = _linear(d, 3 * d, rngs)  # q, k, v in one matmul
         self.c_proj = _linear(d, d, rngs)
 
-    def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
-        """x `[B, T, d]`, bias `[B, 1, T, T]` -> `[B, T, d]`."""
+    def __call__(self, x: jax.Array, bias: jax.Array, cache=None):
+        """x `[B, T, d]`, bias `[B, 1, T, T]` -> `[B, T, d]`.
+
+        With `cache` = (KVCache, layer index): the T new keys/values are written into the
+        cache and the queries attend all its S slots (bias `[B, 1, T, S]`) -> (`[B, T, d]`, cache).
+        """
         b, t, d = x.shape
         q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
         q, k, v = (z.reshape(b, t, self.num_heads, d // self.num_heads) for z in (q, k, v))
-        return self.c_proj(attention(q, k, v, bias).reshape(b, t, d))
+        if cache is not None:
+            kv, layer = cache
+            kv, k, v = kv.update(layer, k, v)
+        y = self.c_proj(attention(q, k, v, bias).reshape(b, t, d))
+        return y if cache is None else (y, kv)
 
 
 class MLP(nnx.Module):
@@ -119,9 +129,14 @@ class Block(nnx.Module):
         self.ln_2 = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, rngs)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
-        x = x + self.attn(self.ln_1(x), bias)
-        return x + self.mlp(self.ln_2(x))
+    def __call__(self, x: jax.Array, bias: jax.Array, cache=None):
+        """-> x, or (x, cache) with a cache (see CausalSelfAttention)."""
+        if cache is None:
+            x = x + self.attn(self.ln_1(x), bias)
+            return x + self.mlp(self.ln_2(x))
+        y, kv = self.attn(self.ln_1(x), bias, cache)
+        x = x + y
+        return x + self.mlp(self.ln_2(x)), kv
 
 
 class GPT2(nnx.Module):
@@ -161,6 +176,30 @@ class GPT2(nnx.Module):
                  token_type_ids: jax.Array | None = None) -> jax.Array:
         """Logits `[B, T, V]` of the next token."""
         return self.out_embedding.attend(self.encode(ids, attention_mask))
+
+    # generation with a KV cache (interface: dirjax/models/generate.py)
+
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+        """An empty cache of max_len slots per row, in the parameters' dtype by default."""
+        cfg = self.config
+        if max_len > cfg.max_positions:
+            raise ConfigError(f"cache of {max_len} tokens, longer than the model's "
+                              f"{cfg.max_positions} positions")
+        dtype = dtype or self.wpe[...].dtype
+        return KVCache.init(cfg.num_layers, batch, max_len, cfg.num_heads,
+                            cfg.hidden_size // cfg.num_heads, dtype)
+
+    def decode(self, ids: jax.Array, cache: KVCache, positions: jax.Array,
+               attention_mask: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+        """ids `[B, T]` at positions `[B, T]`, written into the cache's next T slots
+        (attention_mask `[B, T]` 0: padding) -> (next-token logits `[B, T, V]`, cache)."""
+        x = self.embedding(ids) + jnp.take(self.wpe[...], positions, axis=0, mode="clip")
+        cache = cache.fill(positions, attention_mask)
+        bias = jnp.where(cache.mask(positions), 0.0, NEG_INF).astype(jnp.float32)
+        for i, block in enumerate(self.blocks):
+            x, cache = block(x, bias, (cache, i))
+        logits = self.out_embedding.attend(self.ln_f(x))
+        return logits, cache.advance(ids.shape[1])
 
 
 # ----------------------------------------------------------------------------- loading
