@@ -149,13 +149,68 @@ def test_bfloat16_parameters(golden):
     assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
 
 
-def test_greedy_matches_step_by_step_argmax(tiny):
-    model, tokenizer = tiny
-    prompt = tokenizer("The quick brown fox jumps over")["input_ids"]
-    new = gemma3.greedy(model, prompt, 6)
-    assert len(new) == 6
-    logits = forward(model, np.array([prompt + new]))[0]
-    assert list(logits[len(prompt) - 1:-1].argmax(-1)) == new
+# ----------------------------------------------------------------------------- KV cache
+
+@functools.partial(jax.jit, static_argnums=0)
+def _decode(graphdef, state, ids, cache, positions, mask):
+    return nnx.merge(graphdef, state).decode(ids, cache, positions, mask)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_cached_decode_equals_the_forward_beyond_the_window(tiny, golden, side):
+    """Prompts of 1 to 6 windows, padded on `side`, prefilled in one call, then 6 forced tokens
+    one at a time: every row's logits are those of the no-cache forward, so the sliding
+    layers' cache mask drops exactly the slots that fell out of the window."""
+    model, _ = tiny
+    w, steps = model.config.sliding_window, 6
+    prompts = [row[m > 0].tolist() for row, m in zip(golden["ids"], golden["mask"])]
+    assert max(map(len, prompts)) >= 6 * w and min(map(len, prompts)) <= w
+    forced = np.random.default_rng(0).integers(1, model.config.vocab_size, (len(prompts), steps))
+    B, P = len(prompts), max(map(len, prompts))
+    ids, mask = np.zeros((B, P), np.int32), np.zeros((B, P), np.int32)
+    for row, p in enumerate(prompts):
+        at = P - len(p) if side == "left" else 0
+        ids[row, at:at + len(p)], mask[row, at:at + len(p)] = p, 1
+    positions = np.maximum(np.cumsum(mask, 1) - 1, 0)
+    graphdef, state = nnx.split(model)
+    cache = model.init_cache(B, P + steps)
+    logits, cache = _decode(graphdef, state, ids, cache, positions, mask)
+    # the reference: the no-cache forward of prompt + forced tokens, right-padded (its real
+    # positions are each row's alone: test_padding_changes_no_real_position)
+    full, full_mask = np.zeros((B, P + steps), np.int32), np.zeros((B, P + steps), np.int32)
+    for row, (p, f) in enumerate(zip(prompts, forced)):
+        full[row, :len(p) + steps], full_mask[row, :len(p) + steps] = p + f.tolist(), 1
+    reference = forward(model, full, full_mask)
+    for row, p in enumerate(prompts):
+        np.testing.assert_allclose(np.asarray(logits[row])[mask[row] > 0], reference[row][:len(p)],
+                                   atol=3e-5, rtol=0)
+    for step in range(steps):
+        pos = np.array([[len(p) + step] for p in prompts], np.int32)
+        logits, cache = _decode(graphdef, state, forced[:, step:step + 1].astype(np.int32), cache,
+                                pos, None)
+        for row, p in enumerate(prompts):
+            np.testing.assert_allclose(np.asarray(logits[row, 0]), reference[row][len(p) + step],
+                                       atol=3e-5, rtol=0)
+
+
+def test_generate_is_greedy(tiny, golden):
+    """`generate` (prefill + cached steps, both paddings) picks at every step the argmax of the
+    no-cache forward of the sequence so far: checked on all rows at once, by teacher forcing
+    on the right-padded batch of prompt + continuation."""
+    from dirjax.models.generate import generate
+
+    model, _ = tiny
+    prompts = [row[m > 0].tolist() for row, m in zip(golden["ids"], golden["mask"])]
+    new = generate(model, prompts, 8)
+    assert generate(model, prompts, 8, padding_side="right") == new
+    L = max(len(p) + len(n) for p, n in zip(prompts, new))
+    ids, mask = np.zeros((len(prompts), L), np.int32), np.zeros((len(prompts), L), np.int32)
+    for row, (p, n) in enumerate(zip(prompts, new)):
+        ids[row, :len(p) + len(n)], mask[row, :len(p) + len(n)] = p + n, 1
+    logits = forward(model, ids, mask)
+    for row, (p, n) in enumerate(zip(prompts, new)):
+        assert len(n) == 8
+        assert logits[row, len(p) - 1:len(p) + 7].argmax(-1).tolist() == n
 
 
 # ----------------------------------------------------------------------------- name map, configs
@@ -425,6 +480,8 @@ def test_gemma3_270m_greedy_matches_transformers(real, real_golden):
     assert ids == golden["france_ids"]
     new = gemma3.greedy(model, ids, len(golden["france_continuation"]))
     assert new == golden["france_continuation"], tokenizer.decode(new)
+    from dirjax.models.generate import generate  # with the KV cache
+    assert generate(model, [ids], len(new)) == [new]
 
 
 @pytest.mark.slow

@@ -16,7 +16,9 @@ What sets Gemma 3 apart from Llama, each mirrored from transformers' `modeling_g
   - the input embedding is multiplied by sqrt(hidden_size), here in the model rather than in the
     embedding module, so a swapped-in compressed embedding is scaled the same way;
   - optional tanh soft-capping of the final logits.
-Batches are right-padded and positions are arange(T), as everywhere in dirjax.
+Batches are right-padded and positions are arange(T), as everywhere in dirjax; `decode` runs
+tokens at any positions against a KV cache (`init_cache`; the interface is in
+dirjax/models/generate.py), sliding layers masking the cache slots outside their window.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from flax import nnx
 
 from dirjax.embedding import Embedding
 from dirjax.errors import WeightsError
-from dirjax.models.generate import greedy  # noqa: F401  (re-exported: gemma3.greedy)
+from dirjax.models.generate import KVCache, greedy  # noqa: F401  (re-exported: gemma3.greedy)
 from dirjax.models.weights import load_tokenizer, read_safetensors, take
 
 SLIDING, FULL = "sliding_attention", "full_attention"
@@ -152,11 +154,12 @@ def rope_tables(theta: float, factor: float, head_dim: int, length: int):
     return np.cos(angles), np.sin(angles)
 
 
-def apply_rope(x: jax.Array, cos: np.ndarray, sin: np.ndarray) -> jax.Array:
-    """Rotate x [B, T, H, hd] in Hugging Face's rotate-half layout (pairs i, i + hd/2)."""
+def apply_rope(x: jax.Array, cos, sin) -> jax.Array:
+    """Rotate x [B, T, H, hd] in Hugging Face's rotate-half layout (pairs i, i + hd/2);
+    cos, sin [T, hd] (positions arange(T)) or [B, T, hd] (each row's own positions)."""
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    cos, sin = cos[:, None, :].astype(x.dtype), sin[:, None, :].astype(x.dtype)
+    cos, sin = cos[..., None, :].astype(x.dtype), sin[..., None, :].astype(x.dtype)
     return x * cos + rotated * sin
 
 
@@ -171,15 +174,23 @@ class Attention(nnx.Module):
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = q, k, v, o
         self.q_norm, self.k_norm = q_norm, k_norm
 
-    def __call__(self, x: jax.Array, cos, sin, mask: jax.Array) -> jax.Array:
-        """x [B, T, d], mask [B, 1, T, T] bool (True = may attend) -> [B, T, d]."""
+    def __call__(self, x: jax.Array, cos, sin, mask: jax.Array, cache=None):
+        """x [B, T, d], mask [B, 1, T, T] bool (True = may attend) -> [B, T, d].
+
+        With `cache` = (KVCache, layer index): the T new keys/values are written into the
+        cache and the queries attend all its S slots (mask [B, 1, T, S]) -> ([B, T, d], cache).
+        """
         B, T, _ = x.shape
         q = self.q_norm(self.q_proj(x).reshape(B, T, self.num_heads, self.head_dim))
         k = self.k_norm(self.k_proj(x).reshape(B, T, self.num_kv_heads, self.head_dim))
         v = self.v_proj(x).reshape(B, T, self.num_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            kv, layer = cache
+            kv, k, v = kv.update(layer, k, v)
         y = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=self.scale)
-        return self.o_proj(y.reshape(B, T, self.num_heads * self.head_dim))
+        y = self.o_proj(y.reshape(B, T, self.num_heads * self.head_dim))
+        return y if cache is None else (y, kv)
 
 
 class MLP(nnx.Module):
@@ -202,9 +213,13 @@ class Block(nnx.Module):
         self.input_norm, self.attn, self.post_attn_norm = input_norm, attn, post_attn_norm
         self.pre_mlp_norm, self.mlp, self.post_mlp_norm = pre_mlp_norm, mlp, post_mlp_norm
 
-    def __call__(self, x: jax.Array, cos, sin, mask: jax.Array) -> jax.Array:
-        x = x + self.post_attn_norm(self.attn(self.input_norm(x), cos, sin, mask))
-        return x + self.post_mlp_norm(self.mlp(self.pre_mlp_norm(x)))
+    def __call__(self, x: jax.Array, cos, sin, mask: jax.Array, cache=None):
+        """-> x, or (x, cache) with a cache (see Attention)."""
+        y = self.attn(self.input_norm(x), cos, sin, mask, cache)
+        y, cache = (y, None) if cache is None else y
+        x = x + self.post_attn_norm(y)
+        x = x + self.post_mlp_norm(self.mlp(self.pre_mlp_norm(x)))
+        return x if cache is None else (x, cache)
 
 
 def causal_masks(attention_mask: jax.Array | None, B: int, T: int, window: int):
@@ -233,6 +248,18 @@ class Gemma3(nnx.Module):
         self.tied = out_embedding is None
         self.out_embedding = embedding if out_embedding is None else out_embedding
 
+    def embed(self, ids: jax.Array) -> jax.Array:
+        """ids [B, T] -> the embedding's rows times sqrt(d) [B, T, d]; the scale is rounded to
+        the activations' dtype first, as transformers does (bf16: sqrt(640) -> 25.25)."""
+        x = self.embedding(ids)
+        return x * jnp.asarray(math.sqrt(self.config.hidden_size), jnp.float32).astype(x.dtype)
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """Final hidden states [B, T, d] -> logits [B, T, V], soft-capped if the config says so."""
+        logits = self.out_embedding.attend(h)
+        cap = self.config.final_logit_softcapping
+        return logits if not cap else jnp.tanh(logits / cap) * cap
+
     def encode(self, ids: jax.Array, attention_mask: jax.Array | None = None,
                token_type_ids=None) -> jax.Array:
         """ids [B, T] int32, attention_mask [B, T] 0/1 -> final hidden states [B, T, d]."""
@@ -241,9 +268,7 @@ class Gemma3(nnx.Module):
         full_rope = rope_tables(c.rope_theta, c.rope_factor, c.head_dim, T)
         local_rope = rope_tables(c.rope_local_theta, 1.0, c.head_dim, T)
         full_mask, sliding_mask = causal_masks(attention_mask, B, T, c.sliding_window)
-        x = self.embedding(ids)
-        # the scale is rounded to the activations' dtype first, as transformers does (bf16: 25.25)
-        x = x * jnp.asarray(math.sqrt(c.hidden_size), dtype=jnp.float32).astype(x.dtype)
+        x = self.embed(ids)
         for block in self.blocks:
             if block.sliding:
                 x = block(x, *local_rope, sliding_mask)
@@ -254,9 +279,37 @@ class Gemma3(nnx.Module):
     def __call__(self, ids: jax.Array, attention_mask: jax.Array | None = None,
                  token_type_ids=None) -> jax.Array:
         """ids [B, T] -> next-token logits [B, T, V]."""
-        logits = self.out_embedding.attend(self.encode(ids, attention_mask))
-        cap = self.config.final_logit_softcapping
-        return logits if not cap else jnp.tanh(logits / cap) * cap
+        return self.logits(self.encode(ids, attention_mask))
+
+    # generation with a KV cache (interface: dirjax/models/generate.py)
+
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+        """An empty cache of max_len slots per row and layer (sliding layers too: their mask,
+        not the cache's size, keeps them to the window), in the parameters' dtype by default."""
+        c = self.config
+        dtype = dtype or self.norm.weight[...].dtype
+        return KVCache.init(c.num_layers, batch, max_len, c.num_kv_heads, c.head_dim, dtype)
+
+    def decode(self, ids: jax.Array, cache: KVCache, positions: jax.Array,
+               attention_mask: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+        """ids [B, T] at positions [B, T], written into the cache's next T slots
+        (attention_mask [B, T] 0: padding) -> (next-token logits [B, T, V], cache)."""
+        c = self.config
+        # cos, sin gathered from the same tables `encode` uses: the same numbers at each position
+        safe = jnp.clip(positions, 0, cache.max_len - 1)
+        full_rope = [jnp.take(t, safe, axis=0)  # [B, T, hd]
+                     for t in rope_tables(c.rope_theta, c.rope_factor, c.head_dim, cache.max_len)]
+        local_rope = [jnp.take(t, safe, axis=0)
+                      for t in rope_tables(c.rope_local_theta, 1.0, c.head_dim, cache.max_len)]
+        cache = cache.fill(positions, attention_mask)
+        full_mask, sliding_mask = cache.mask(positions), cache.mask(positions, c.sliding_window)
+        x = self.embed(ids)
+        for i, block in enumerate(self.blocks):
+            if block.sliding:
+                x, cache = block(x, *local_rope, sliding_mask, (cache, i))
+            else:
+                x, cache = block(x, *full_rope, full_mask, (cache, i))
+        return self.logits(self.norm(x)), cache.advance(ids.shape[1])
 
 
 # ----------------------------------------------------------------------------- loading
