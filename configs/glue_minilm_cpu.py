@@ -2,7 +2,7 @@
 original vs SVD vs direction AE, 3 seeds each, sized for a 2-core CPU.
 
     .venv/bin/python run.py --config configs/glue_minilm_cpu.py \\
-        --workdir runs/glue_minilm_cpu
+        --workdir runs/glue_minilm_cpu --config.data_dir=../shared/data
 
 Paper settings (effective batch 32, 3 epochs, max length 128, linear warm-up 10% and decay,
 AdamW wd 0.01) except two choices this model needs: mean pooling (all-MiniLM-L6-v2 is a

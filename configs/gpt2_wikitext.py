@@ -9,7 +9,7 @@ Work directory: runs/gpt2_wikitext.
 
 Expected: not measured here (no network for the weights on the development machine).
 """
-from dirjax.experiment import base_config
+from dirjax.config import base_config
 
 
 def get_config():

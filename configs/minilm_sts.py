@@ -20,7 +20,7 @@ Expected (measured 2026-11-24 on the shared 2-core CPU, 16 min 47 s wall under h
 The original matches the PyTorch measurement (86.7). The paper's AE reconstructs rows with a
 slightly higher cosine but does NOT beat SVD on STS at either rate.
 """
-from dirjax.experiment import base_config
+from dirjax.config import base_config
 
 
 def get_config():

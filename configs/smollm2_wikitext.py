@@ -23,7 +23,7 @@ The original matches the PyTorch reference 28.82 (28.8198). The AE beats SVD whe
 head is compressed too; with the head kept, it does NOT beat SVD at rate 5 (8,096 vs 7,269)
 and only barely at rate 10. Every compressed model is unusable (ppl in the thousands).
 """
-from dirjax.experiment import base_config
+from dirjax.config import base_config
 
 
 def get_config():

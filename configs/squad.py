@@ -23,6 +23,6 @@ def get_config():
     c.stride = 128
     c.n_best = 20
     c.max_answer_length = 30
-    c.train_file = "train-v1.1.json"
+    c.train_file = "train-v1.1.json"   # under <data_dir>/squad/; without data_dir: the Hub
     c.pad_multiple = 64
     return c

@@ -1,340 +1,449 @@
-"""The main job: compress a model's embedding table at every rate with every method, swap each
-result into the model, evaluate, and report. `run.py` is a thin CLI around `run_experiment`;
-a notebook calls it the same way:
+"""The one job runner: `run_experiment(config, workdir)`, for both jobs of `dirjax.config`.
 
     from dirjax.experiment import base_config, run_experiment
-    config = base_config()          # or ml_collections.config_flags / a configs/*.py get_config()
+    config = base_config()          # or base_config("finetune"), or a configs/*.py get_config()
     config.rates = (5.0, 10.0)
     rows = run_experiment(config, "runs/mine")
 
-Order of work, so that a mistake costs nothing: check the config, read the data, load the
-model and check every rate against its table BEFORE any compression or evaluation. Then the
-original model is evaluated, and for each method and rate the table is compressed (or a
-finished compression found in `workdir/embeddings/` is reused), swapped in once per `output`,
-and evaluated. After every row, `results.json`, `results.md` and `plot.png` are rewritten
-atomically, so a long sweep shows its progress and never leaves a half-written file.
+A config travels one way: check -> data -> model -> compression -> evaluate or fine-tune ->
+results. In that order, so that a mistake costs nothing:
+  1. `check_config` judges every field, method and method option; the work directory must be
+     a writable folder; the evaluation (and calibration) data are read. Nothing is loaded yet.
+  2. The work directory is locked (a second run on it is refused in one line), the model is
+     loaded and every low-rank rate is checked against its table.
+  3. Each unit of work (eval: a method x rate x output; finetune: a seed x task x method x
+     rate) takes its compression from the work directory's cache (`compress/cache.py`, keyed
+     by the table's bytes and everything else that changes it) or makes it, then is scored.
+  4. Each finished unit is written to results.json / results.md / plot.png at once
+     (`report.Results`): a row carries a key that digests everything that made it (the
+     model's weights, tokenizer, data, settings, compression), a rerun reuses exactly the rows
+     whose key it would compute again, and rows are never dropped.
 """
 from __future__ import annotations
 
+import fcntl
 import functools
-import hashlib
 import json
-import math
-import shutil
+import os
 import time
 from pathlib import Path
 
 import jax.numpy as jnp
-import ml_collections
+import numpy as np
 from tqdm.auto import tqdm
 
 from dirjax import data as data_lib
 from dirjax import report
+from dirjax.compress.cache import (CompressionCache, compression_key, digest, model_fingerprint,
+                                   tokenizer_fingerprint)
+from dirjax.config import EVAL_TASKS, FINETUNE, base_config, check_config  # noqa: F401
 from dirjax.errors import ConfigError, DataError
 
-TASKS = {  # task -> (metric, datasets it reads)
-    "causal_ppl": ("ppl", ("stdlib", *data_lib.TEXTS)),
-    "mlm_ppl": ("mlm_ppl", ("stdlib", *data_lib.TEXTS)),
-    "sts": ("spearman_x100", tuple(data_lib.STS)),
-}
-LOW_RANK_METHODS = ("svd", "ae")     # their rate must leave 1 <= rank < d: checked up front
-OUTPUTS = ("tied", "original")
+FP32_BYTES = 4
+RESULT_ONLY_OPTIONS = ("workdir", "progress", "calibration")  # options that do not change a result
 
 
-def base_config() -> ml_collections.ConfigDict:
-    """Every field a config may set, with its default (the offline default experiment)."""
-    c = ml_collections.ConfigDict()
-    c.model = "smollm2-135m"        # alias, local HF dir, .gguf file or Hub id (dirjax.load_model)
-    c.dtype = "float32"
-    c.task = "causal_ppl"           # causal_ppl | mlm_ppl | sts
-    c.dataset = "stdlib"            # stdlib | wikitext-2-raw | wikitext-2 | stsb
-    c.split = "heldout"             # stdlib: heldout | train; wikitext: test | validation; stsb: validation
-    c.data_dir = ""                 # local data folder; "" = $DIRJAX_DATA_DIR, else the Hub
-    c.max_tokens = 8192             # causal_ppl: first tokens of the stream (0 = all)
-    c.max_length = 512              # window (causal) / truncation (mlm, sts) length
-    c.stride = 0                    # causal_ppl: window stride (0 = max_length, no overlap)
-    c.batch_size = 4
-    c.max_examples = 0              # mlm_ppl lines / sts pairs kept (0 = all)
-    c.mlm_probability = 0.15
-    c.mlm_min_tokens = 20
-    c.seed = 0                      # masking seed (mlm_ppl)
-    c.methods = ("svd", "ae")
-    c.rates = (10.0,)
-    c.outputs = ("tied", "original")   # for tied LM heads; ignored by models without one
-    c.method_options = ml_collections.ConfigDict({"svd": {}, "ae": {"epochs": 30}})
-    c.progress = True
-    return c
+# ---------------------------------------------------------------------------- work directory
+
+def check_workdir(workdir: Path) -> None:
+    """ConfigError unless `workdir` is (or can be made as) a writable folder. Creates nothing."""
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"workdir {workdir} is a file, not a folder")
+    existing = workdir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"workdir {workdir}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"workdir {workdir} is not writable ({existing})")
 
 
-# ---------------------------------------------------------------------------- checks
+class WorkdirLock:
+    """An exclusive `flock` on `<workdir>/.lock` for the run's lifetime (the kernel drops it when
+    the process dies, so a killed run never leaves a stale lock)."""
 
-def _as_tuple(value, name: str) -> tuple:
-    if isinstance(value, (str, int, float)):
-        value = (value,)
-    try:
-        return tuple(value)
-    except TypeError:
-        raise ConfigError(f"config.{name} must be a list, got {value!r}") from None
+    def __init__(self, workdir: Path):
+        self.path = workdir / ".lock"
+        self.file = None
 
+    def __enter__(self):
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "a+")
+        except OSError as e:
+            raise ConfigError(f"cannot use workdir {self.path.parent}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "?"
+            self.file.close()
+            raise ConfigError(f"workdir {self.path.parent} is in use by another run "
+                              f"(pid {holder}); wait for it or use another workdir") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+        return self
 
-def check_config(config) -> ml_collections.ConfigDict:
-    """A validated copy of `config` with the defaults of missing fields; ConfigError otherwise."""
-    base = base_config()
-    given = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    unknown = sorted(set(given) - set(base.keys()))
-    if unknown:
-        raise ConfigError(f"unknown config field(s): {', '.join(unknown)} "
-                          f"(known: {', '.join(base.keys())})")
-    c = base.to_dict()
-    c.update(given)
-    if c["task"] not in TASKS:
-        raise ConfigError(f"config.task must be one of {', '.join(TASKS)}, got {c['task']!r}")
-    if c["dataset"] not in TASKS[c["task"]][1]:
-        raise ConfigError(f"task {c['task']} reads one of {', '.join(TASKS[c['task']][1])}, "
-                          f"not dataset {c['dataset']!r}")
-    for name in ("max_tokens", "max_length", "stride", "batch_size", "max_examples",
-                 "mlm_min_tokens", "seed"):
-        if isinstance(c[name], bool) or not isinstance(c[name], int) or c[name] < 0:
-            raise ConfigError(f"config.{name} must be a non-negative integer, got {c[name]!r}")
-    if c["batch_size"] < 1 or c["max_length"] < 2:
-        raise ConfigError("config.batch_size must be >= 1 and config.max_length >= 2")
-    if c["stride"] > c["max_length"]:
-        raise ConfigError(f"config.stride {c['stride']} > max_length {c['max_length']}: "
-                          "tokens between windows would never be scored")
-    if not 0 < float(c["mlm_probability"]) < 1:
-        raise ConfigError(f"config.mlm_probability must be in (0, 1), got {c['mlm_probability']}")
-    c["methods"] = _as_tuple(c["methods"], "methods")
-    if not all(isinstance(m, str) and m for m in c["methods"]):
-        raise ConfigError(f"config.methods must be method names, got {c['methods']!r}")
-    c["rates"] = _as_tuple(c["rates"], "rates")
-    for r in c["rates"]:
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 1:
-            raise ConfigError(f"config.rates must be numbers > 1, got {r!r}")
-    c["rates"] = tuple(float(r) for r in c["rates"])
-    c["outputs"] = _as_tuple(c["outputs"], "outputs")
-    if not c["outputs"] or any(o not in OUTPUTS for o in c["outputs"]):
-        raise ConfigError(f"config.outputs must be a non-empty list of {OUTPUTS}, got {c['outputs']!r}")
-    options = c["method_options"] or {}
-    # options of a known method left out of `methods` (e.g. --config.methods=svd on a config
-    # that sets options for several) are unused; an unknown name is a typo
-    from dirjax.compress import METHODS
-    stray = sorted(set(options) - set(c["methods"]) - set(METHODS))
-    if stray:
-        raise ConfigError(f"config.method_options names unknown method(s): "
-                          f"{', '.join(stray)}")
-    c["method_options"] = {m: dict(options.get(m) or {}) for m in c["methods"]}
-    if c["methods"] and not c["rates"]:
-        raise ConfigError("config.rates is empty")
-    data_lib.normalise_split(c["dataset"], c["split"])
-    return ml_collections.ConfigDict(c)
+    def __exit__(self, *exc):
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
 
 
-def load_data(c):
-    """The evaluation data of the config (raises DataError / MissingPackageError if absent)."""
-    if c.task == "sts":
-        pairs = data_lib.load_sts(c.dataset, c.split, c.data_dir or None)
-        if c.max_examples:
-            pairs = data_lib.SentencePairs(*(x[:c.max_examples] for x in
-                                             (pairs.sentence1, pairs.sentence2, pairs.score)))
-        return pairs
-    text = data_lib.load_text(c.dataset, c.split, c.data_dir or None)
-    if not text.strip():
-        raise DataError(f"{c.dataset} [{c.split}] is empty")
-    return text
+# ---------------------------------------------------------------------------- the jobs
 
+class EvalJob:
+    """Score the original model and every (method, rate, output) on one task."""
 
-def check_model(c, model) -> None:
-    """The model can do the task, and every low-rank rate leaves 1 <= rank < d."""
-    from dirjax.compress import METHODS, rank_for_rate
+    def __init__(self, c):
+        self.c = c
+        self.metric = EVAL_TASKS[c.task][0]
+        self.dataset = f"{c.dataset}/{data_lib.SPLIT_ALIASES.get(c.split, c.split)}"
 
-    unknown = [m for m in c.methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"unknown method(s) {', '.join(unknown)} in config.methods "
-                          f"(known: {', '.join(sorted(METHODS))})")
-    if c.task in ("causal_ppl", "mlm_ppl") and model.out_embedding is None:
-        raise ConfigError(f"model {c.model} has no LM head: task {c.task} needs one "
-                          "(use task 'sts' for an encoder)")
-    if c.task == "causal_ppl" and type(model).__name__ == "Bert":
-        raise ConfigError(f"model {c.model} is a masked LM: use task 'mlm_ppl'")
-    if c.task == "mlm_ppl" and type(model).__name__ != "Bert":
-        raise ConfigError(f"model {c.model} is not a masked LM: use task 'causal_ppl'")
-    v, d = model.config.vocab_size, model.config.hidden_size
-    for method in c.methods:
-        if method in LOW_RANK_METHODS:
+    def settings(self) -> dict:
+        names = ("dtype", "task", "dataset", "split", "max_tokens", "max_length", "stride",
+                 "batch_size", "max_examples", "mlm_probability", "mlm_min_tokens", "seed")
+        return {n: self.c[n] for n in names}
+
+    def read_data(self) -> None:
+        c = self.c
+        if c.task == "sts":
+            pairs = data_lib.load_sts(c.dataset, c.split, c.data_dir or None)
+            if c.max_examples:
+                pairs = data_lib.SentencePairs(*(x[:c.max_examples] for x in
+                                                 (pairs.sentence1, pairs.sentence2, pairs.score)))
+            self.data, self.data_digest = pairs, digest(pairs.sentence1, pairs.sentence2, pairs.score)
+            return
+        text = data_lib.load_text(c.dataset, c.split, c.data_dir or None)
+        if not text.strip():
+            raise DataError(f"{c.dataset} [{c.split}] is empty")
+        self.data, self.data_digest = text, digest(text)
+
+    def check_model(self, model) -> None:
+        c, objective = self.c, getattr(model, "objective", "causal")
+        if c.task in ("causal_ppl", "mlm_ppl") and model.out_embedding is None:
+            raise ConfigError(f"model {c.model} has no LM head: task {c.task} needs one "
+                              "(use task 'sts' for an encoder)")
+        if c.task == "causal_ppl" and objective != "causal":
+            raise ConfigError(f"model {c.model} is a masked LM: use task 'mlm_ppl'")
+        if c.task == "mlm_ppl" and objective != "masked":
+            raise ConfigError(f"model {c.model} is not a masked LM: use task 'causal_ppl'")
+
+    def prepare(self, model, tokenizer) -> None:
+        """The scorer `model -> {"value", "tokens", ...}` on the tokenised data."""
+        from dirjax.evaluate import (causal_perplexity, mask_lines, mlm_perplexity,
+                                     sts_spearman, tokenize_stream)
+        c, data = self.c, self.data
+        self.outputs = c.outputs if model.tied and model.out_embedding is not None else (None,)
+        if c.task == "causal_ppl":
+            ids = tokenize_stream(tokenizer, data, c.max_tokens)
+
+            def score(m):
+                out = causal_perplexity(m, ids, max_length=c.max_length, stride=c.stride or None,
+                                        batch_size=c.batch_size, progress=c.progress)
+                return {"value": out["ppl"], "tokens": out["tokens"], "nll": out["nll"]}
+        elif c.task == "mlm_ppl":
+            examples = mask_lines(tokenizer, data_lib.text_lines(data),
+                                  probability=c.mlm_probability, min_tokens=c.mlm_min_tokens,
+                                  max_length=c.max_length, seed=c.seed)
+            if c.max_examples:
+                examples = examples[:c.max_examples]
+
+            def score(m):
+                out = mlm_perplexity(m, examples, batch_size=c.batch_size, progress=c.progress)
+                return {"value": out["ppl"], "tokens": out["tokens"], "nll": out["nll"],
+                        "examples": len(examples)}
+        else:
+            def score(m):
+                out = sts_spearman(m, tokenizer, data, batch_size=c.batch_size,
+                                   max_length=c.max_length, progress=c.progress)
+                return {"value": 100 * out["spearman"], "tokens": out["tokens"],
+                        "examples": out["pairs"]}
+        self.score = score
+
+    def units(self):
+        """(method, rate, unit fields) in order; "original" first unless placed in methods."""
+        c = self.c
+        methods = c.methods if "original" in c.methods else ("original", *c.methods)
+        for method in methods:
+            if method == "original":
+                yield "original", 1.0, {"output": None}
+                continue
             for rate in c.rates:
-                rank_for_rate(v, d, rate)
+                for output in self.outputs:
+                    yield method, rate, {"output": output}
+
+    def run(self, model, emb, unit: dict, common: dict) -> list[dict]:
+        from dirjax.embedding import swap_embedding
+        start = time.perf_counter()
+        variant = model if emb is None else swap_embedding(model, emb, output=unit["output"] or "tied")
+        out = self.score(variant)
+        return [{**common, "task": self.c.task, "dataset": self.dataset, "metric": self.metric,
+                 **unit, **out, "seconds": time.perf_counter() - start}]
 
 
-# ---------------------------------------------------------------------------- evaluation
+class FinetuneJob:
+    """Fine-tune the original model and every (method, rate) on GLUE tasks / SQuAD, per seed."""
 
-def make_evaluator(c, tokenizer, data):
-    """model -> {"value", "tokens", ...}: the task's metric on the prepared data."""
-    from dirjax.evaluate import (causal_perplexity, mask_lines, mlm_perplexity,
-                                 sts_spearman, tokenize_stream)
+    def __init__(self, c):
+        self.c = c
+        self.outputs = (None,)
 
-    if c.task == "causal_ppl":
-        ids = tokenize_stream(tokenizer, data, c.max_tokens)
+    def settings(self) -> dict:
+        names = [n for n in FINETUNE if n not in ("tasks", "seeds")]
+        if "squad" not in self.c.tasks:   # SQuAD-only fields do not change a GLUE run
+            names = [n for n in names if n not in ("stride", "n_best", "max_answer_length",
+                                                   "train_file")]
+        return {"dtype": self.c.dtype, **{n: self.c[n] for n in names}}
 
-        def evaluate(model):
-            out = causal_perplexity(model, ids, max_length=c.max_length, stride=c.stride or None,
-                                    batch_size=c.batch_size, progress=c.progress)
-            return {"value": out["ppl"], "tokens": out["tokens"], "nll": out["nll"]}
-    elif c.task == "mlm_ppl":
-        lines = data_lib.text_lines(data)
-        examples = mask_lines(tokenizer, lines, probability=c.mlm_probability,
-                              min_tokens=c.mlm_min_tokens, max_length=c.max_length, seed=c.seed)
-        if c.max_examples:
-            examples = examples[:c.max_examples]
+    def read_data(self) -> None:
+        from dirjax.data import glue, squad
+        c = self.c
+        n_train, n_dev = c.max_train_examples or None, c.max_eval_examples or None
+        self.data, self.digests = {}, {}
+        for task in c.tasks:
+            if task == "squad":
+                train = squad.load_split("train", c.data_dir or None, c.train_file)[:n_train]
+                dev = squad.load_split("dev", c.data_dir or None)[:n_dev]
+                self.digests[task] = digest([e.__dict__ for e in train], [e.__dict__ for e in dev])
+            else:
+                t = glue.get_task(task)
+                train = glue.load(t, "train", c.data_dir or None)
+                dev = {s: glue.load(t, s, c.data_dir or None) for s in t.dev_splits}
+                if n_train:
+                    train = train.take(n_train)
+                if n_dev:
+                    dev = {s: e.take(n_dev) for s, e in dev.items()}
+                self.digests[task] = digest(*[(e.text_a, e.text_b, e.labels)
+                                              for e in (train, *dev.values())])
+            self.data[task] = (train, dev)
+        self.data_digest = digest(self.digests)
 
-        def evaluate(model):
-            out = mlm_perplexity(model, examples, batch_size=c.batch_size, progress=c.progress)
-            return {"value": out["ppl"], "tokens": out["tokens"], "nll": out["nll"],
-                    "examples": len(examples)}
-    else:
-        def evaluate(model):
-            out = sts_spearman(model, tokenizer, data, batch_size=c.batch_size,
-                               max_length=c.max_length, progress=c.progress)
-            return {"value": 100 * out["spearman"], "tokens": out["tokens"],
-                    "examples": out["pairs"]}
-    return evaluate
+    def check_model(self, model) -> None:
+        if not hasattr(model, "encode"):
+            raise ConfigError(f"model {self.c.model} cannot be fine-tuned (no encode())")
+        if self.c.pooling == "pooler" and getattr(model, "pooler", None) is None:
+            raise ConfigError(f"model {self.c.model} has no pooler; use pooling 'cls' or 'mean'")
+
+    def prepare(self, model, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def units(self):
+        c = self.c
+        methods = c.methods if "original" in c.methods else ("original", *c.methods)
+        # seeds outermost: every task and method gets a first figure early
+        for seed in c.seeds:
+            for task in c.tasks:
+                for method in methods:
+                    for rate in ([1.0] if method == "original" else c.rates):
+                        yield method, rate, {"task": task, "seed": seed}
+
+    def run(self, model, emb, unit: dict, common: dict, checkpoints: Path) -> list[dict]:
+        from flax import nnx
+
+        from dirjax import finetune as ft
+        from dirjax.embedding import swap_embedding
+        c, task, seed = self.c, unit["task"], unit["seed"]
+        cfg = ft.train_config(c)
+        # a copy (shares arrays): fit() updates its backbone in place
+        backbone = nnx.merge(*nnx.split(model)) if emb is None else swap_embedding(model, emb)
+        train, dev = self.data[task]
+        name = f"{task}-{common['method']}-rate{common['rate']:g}-seed{seed}-{common['key'][:10]}"
+        ckpt = checkpoints / name
+        log = (lambda msg: tqdm.write(f"[{name}] {msg}")) if c.progress else (lambda msg: None)
+        start = time.perf_counter()
+        if task == "squad":
+            history = ft.finetune_squad(backbone, self.tokenizer, cfg, train=train, dev=dev,
+                                        seed=seed, max_length=c.max_length, stride=c.stride,
+                                        n_best=c.n_best, max_answer_length=c.max_answer_length,
+                                        ckpt_dir=ckpt, log=log)
+        else:
+            history = ft.finetune_glue(backbone, self.tokenizer, task, cfg, train=train, dev=dev,
+                                       seed=seed, max_length=c.max_length, pooling=c.pooling,
+                                       ckpt_dir=ckpt, log=log)
+        seconds = time.perf_counter() - start
+        last = history[-1]
+        base = {**common, **unit, "lr": c.lr, "epochs": last["epoch"], "embedding": c.embedding,
+                "examples_per_s": last["examples_per_s"], "train_loss": last["train_loss"],
+                "history": history, "seconds": seconds, "checkpoint_dir": str(ckpt)}
+        rows = []
+        for key, value in last.items():
+            if task == "squad" and key in ("exact_match", "f1"):
+                split_name, metric = "dev", key
+            elif "/" in key:
+                split_name, _, metric = key.rpartition("/")
+            else:
+                continue
+            dataset = "squad/dev" if task == "squad" else f"glue/{task}/{split_name}"
+            rows.append({**base, "key": f"{common['key']}/{split_name}/{metric}",
+                         "unit": common["key"], "dataset": dataset, "metric": metric,
+                         "value": value})
+        return rows
 
 
 # ---------------------------------------------------------------------------- compression
 
-def method_options(c, method: str) -> dict:
-    """The options of `method` as a plain dict (JSON-able, keyword arguments of compress)."""
-    options = c.method_options.get(method) or {}
-    return options.to_dict() if hasattr(options, "to_dict") else dict(options)
+def compression_options(c, method: str) -> dict:
+    """The options of `method` that change its result (those the cache key holds)."""
+    return {k: v for k, v in (c.method_options.get(method) or {}).items()
+            if k not in RESULT_ONLY_OPTIONS}
 
 
-def compression_dir(workdir: Path, c, method: str, rate: float, v: int, d: int) -> Path:
-    """Where the compression of (model, method, rate, options) lives: readable name + hash."""
-    key = json.dumps({"model": c.model, "dtype": c.dtype, "shape": [v, d], "method": method,
-                      "rate": rate, "options": method_options(c, method)},
-                     sort_keys=True, default=str)
-    digest = hashlib.sha1(key.encode()).hexdigest()[:8]
-    return workdir / "embeddings" / f"{method}-rate{rate:g}-{digest}"
+def plain(x):
+    return x.to_dict() if hasattr(x, "to_dict") else x
 
 
-def calibration_spec(c, method: str) -> dict | None:
-    """The checked `calibration` option of `method` ({dataset, split, n_hidden}) or None.
-    Its text must differ from the evaluation text."""
-    spec = (c.method_options.get(method) or {}).get("calibration")
-    if not spec:
-        return None
-    spec = dict(spec)
-    unknown = sorted(set(spec) - {"dataset", "split", "n_hidden"})
-    if unknown or "dataset" not in spec or "split" not in spec:
-        raise ConfigError(f"method_options.{method}.calibration needs dataset and split "
-                          f"(and optional n_hidden); got {sorted(spec)}")
-    same_text = spec["dataset"].replace("-raw", "") == c.dataset.replace("-raw", "")
-    if same_text and data_lib.normalise_split(spec["dataset"], spec["split"]) == \
-            data_lib.normalise_split(c.dataset, c.split):
-        raise ConfigError(f"method {method}: calibration text {spec['dataset']} [{spec['split']}] "
-                          "is the evaluation text; pick a disjoint one")
-    return spec
+class Compressions:
+    """The compressions of one run: each (method, rate) made or found once, in the cache."""
+
+    def __init__(self, c, workdir: Path, model, tokenizer, model_fp: str, calib_texts: dict):
+        self.c, self.model, self.tokenizer = c, model, tokenizer
+        self.model_fp, self.calib_texts = model_fp, calib_texts
+        self.cache = CompressionCache(workdir / "embeddings")
+        self.table = model.embedding.table()
+        self.table_digest = digest(self.table)
+        self.done: dict[tuple, tuple] = {}
+
+    def calibration(self, method: str) -> dict | None:
+        """What the calibration of `method` depends on (None: it has none)."""
+        spec = plain((self.c.method_options.get(method) or {}).get("calibration"))
+        if not spec:
+            return None
+        return {"spec": dict(spec), "text": digest(self.calib_texts[method]),
+                "model": self.model_fp, "tokenizer": tokenizer_fingerprint(self.tokenizer)}
+
+    @functools.cache
+    def calibration_arrays(self, method: str) -> dict:
+        from dirjax.compress.calib import collect
+        spec = plain(self.c.method_options[method]["calibration"])
+        return collect(self.model, self.tokenizer, self.calib_texts[method],
+                       n_hidden=int(spec["n_hidden"]), max_length=int(spec.get("max_length", 512)))
+
+    def key(self, method: str, rate: float) -> str:
+        return compression_key(self.table_digest, method, rate, compression_options(self.c, method),
+                               self.calibration(method))
+
+    def get(self, method: str, rate: float):
+        """(embedding, compress seconds, reused?) of (method, rate)."""
+        if (method, rate) in self.done:
+            return self.done[method, rate]
+        from dirjax.compress import compress
+        c = self.c
+        options = compression_options(c, method)
+
+        def make(train_dir: Path):
+            kw = dict(options)
+            if method == "ae":
+                kw.setdefault("workdir", str(train_dir))
+                kw.setdefault("progress", c.progress)
+            if self.calibration(method) is not None:
+                kw.update(self.calibration_arrays(method))
+            return compress(self.table, rate=rate, method=method, **kw)
+
+        got = self.cache.get_or_make(method, rate, self.key(method, rate), make,
+                                     {"model": c.model, "requested_rate": rate,
+                                      "options": plain(c.method_options.get(method) or {})})
+        self.done[method, rate] = got
+        return got
 
 
-def calibration_options(c, method: str, text: str, model, tokenizer) -> dict:
-    """`counts` `[V]` (and `hidden` `[N, d]`, see `dirjax.compress.calib.collect`) of the
-    calibration `text` of `method`."""
-    from dirjax.compress.calib import collect
-    spec = calibration_spec(c, method)
-    return collect(model, tokenizer, text, n_hidden=int(spec.get("n_hidden", 0)),
-                   max_length=c.max_length)
+def embedding_fields(model, emb, output) -> dict:
+    """Size fields of a row: the embedding's stored bytes, the whole model's, the rank."""
+    from dirjax.embedding import compression_rate
+    v, d = model.config.vocab_size, model.config.hidden_size
+    total = sum(int(np.prod(x.shape)) for x in _param_leaves(model))
+    # the input table, and an untied head's own table, count in `total`; the compressed
+    # embedding replaces the input table (and a tied head's, unless output="original")
+    rest = FP32_BYTES * (total - v * d)
+    if emb is None:
+        return {"rank": None, "embedding_bytes": v * d * FP32_BYTES,
+                "model_bytes": rest + v * d * FP32_BYTES, "achieved_rate": 1.0}
+    kept_head = v * d * FP32_BYTES if (output == "original" and model.tied) else 0
+    return {"rank": getattr(emb, "rank", None), "embedding_bytes": int(emb.storage_bytes()),
+            "model_bytes": rest + int(emb.storage_bytes()) + kept_head,
+            "achieved_rate": compression_rate(emb, v, d)}
 
 
-def compressed_table(c, table, method: str, rate: float, directory: Path, calib=None):
-    """(embedding, seconds spent, reused?) for `table [V, d]`: loaded if finished, else made.
-
-    Every result is saved to `directory`; an AE's Orbax training checkpoints live beside it
-    until it is saved, so a killed run resumes its training. `calib()` gives the calibration
-    arrays of methods that need them (collected only when a compression is really made).
-    """
-    from dirjax.compress import compress, load_compressed, save_compressed
-
-    if (directory / "meta.json").exists():
-        return load_compressed(directory), 0.0, True
-    options = {k: v for k, v in method_options(c, method).items() if k != "calibration"}
-    train_dir = directory.with_name(directory.name + ".train")
-    if method == "ae":
-        options.setdefault("workdir", str(train_dir))
-        options.setdefault("progress", c.progress)
-    start = time.perf_counter()
-    if calib is not None:
-        options.update(calib())
-    emb = compress(table, rate=rate, method=method, **options)
-    seconds = time.perf_counter() - start
-    save_compressed(emb, directory, {"model": c.model, "requested_rate": rate,
-                                     "options": method_options(c, method)})
-    shutil.rmtree(train_dir, ignore_errors=True)
-    return emb, seconds, False
+def _param_leaves(model):
+    import jax
+    from flax import nnx
+    return jax.tree.leaves(nnx.state(model, nnx.Param))
 
 
-# ---------------------------------------------------------------------------- the job
+# ---------------------------------------------------------------------------- the runner
 
 def run_experiment(config, workdir) -> list[dict]:
-    """Run the sweep of `config` (see `base_config`) in `workdir`; return the result rows."""
-    c = check_config(config)
-    from dirjax.compress import reconstruction_metrics
-    from dirjax.embedding import compression_rate, swap_embedding
-    from dirjax.models import load_model
-
+    """Run `config` (see `dirjax.config`) in `workdir`; return this run's result rows."""
+    c = check_config(config if config is not None else base_config())
     workdir = Path(workdir)
+    check_workdir(workdir)
+    job = EvalJob(c) if c.job == "eval" else FinetuneJob(c)
+    job.read_data()
     calib_texts = {}   # read now, so a missing calibration file costs nothing
-    for method in c.methods:
-        if spec := calibration_spec(c, method):
+    for method, options in c.method_options.items():
+        if spec := plain(options.get("calibration")):
             calib_texts[method] = data_lib.load_text(spec["dataset"], spec["split"],
                                                      c.data_dir or None)
-    data = load_data(c)
-    model, tokenizer = load_model(c.model, dtype=getattr(jnp, c.dtype))
-    check_model(c, model)
-    evaluate = make_evaluator(c, tokenizer, data)
+    with WorkdirLock(workdir):
+        results = report.Results(workdir)
+        return _run_locked(c, workdir, job, calib_texts, results)
 
+
+def _run_locked(c, workdir: Path, job, calib_texts: dict, results) -> list[dict]:
+    from dirjax.compress import get_method, rank_for_rate
+    from dirjax.models import load_model
+
+    model, tokenizer = load_model(c.model, dtype=getattr(jnp, c.dtype),
+                                  **({"tokenizer": c.tokenizer} if c.tokenizer else {}))
+    job.check_model(model)
     v, d = model.config.vocab_size, model.config.hidden_size
-    outputs = c.outputs if model.tied and model.out_embedding is not None else (None,)
-    metric = TASKS[c.task][0]
-    dataset = f"{c.dataset}/{data_lib.SPLIT_ALIASES.get(c.split, c.split)}"
-    common = {"model": c.model, "dataset": dataset, "metric": metric}
+    for method in c.methods:
+        if method != "original" and get_method(method).low_rank:
+            for rate in c.rates:
+                rank_for_rate(v, d, rate)
+    job.prepare(model, tokenizer)
+    model_fp, tok_fp = model_fingerprint(model), tokenizer_fingerprint(tokenizer)
+    compressions = Compressions(c, workdir, model, tokenizer, model_fp, calib_texts)
+    context = {"job": c.job, "settings": job.settings(), "model": model_fp, "tokenizer": tok_fp,
+               "data": job.data_digest}
+
+    units = list(job.units())
+    bar = tqdm(total=len(units), desc=c.job, disable=not c.progress)
     rows: list[dict] = []
-    jobs = [("original", None)] + [(m, r) for m in c.methods for r in c.rates]
-    bar = tqdm(total=1 + len(c.methods) * len(c.rates) * len(outputs), desc="sweep",
-               disable=not c.progress)
-
-    def add(row):
-        rows.append(row)
-        report.write_results(rows, workdir)
-        bar.update(1)
-
-    table = model.embedding.table()
-    calibrations = {}
-    for method, rate in jobs:
-        if method == "original":
-            bar.set_postfix_str("original")
-            start = time.perf_counter()
-            out = evaluate(model)
-            add({**common, "method": "original", "rate": 1.0, "rank": None, "output": None,
-                 **out, "embedding_params": v * d, "seconds": time.perf_counter() - start})
-            continue
-        bar.set_postfix_str(f"{method} rate {rate:g}: compressing")
-        directory = compression_dir(workdir, c, method, rate, v, d)
-        if method in calib_texts and method not in calibrations:   # once, original model
-            calibrations[method] = functools.cache(functools.partial(
-                calibration_options, c, method, calib_texts[method], model, tokenizer))
-        emb, compress_seconds, reused = compressed_table(c, table, method, rate, directory,
-                                                         calibrations.get(method))
-        quality = getattr(emb, "metrics", None) or reconstruction_metrics(table, emb)
-        for output in outputs:
-            bar.set_postfix_str(f"{method} rate {rate:g} {output or ''}: evaluating")
-            start = time.perf_counter()
-            out = evaluate(swap_embedding(model, emb, output=output or "tied"))
-            add({**common, "method": method, "rate": rate, "rank": getattr(emb, "rank", None),
-                 "output": output, **out, "embedding_params": int(emb.num_params()),
-                 "achieved_rate": compression_rate(emb, v, d),
-                 "mean_cosine": quality.get("cos_mean"),
-                 "rel_frobenius": quality.get("rel_frobenius"),
-                 "seconds": time.perf_counter() - start,
-                 "compress_seconds": compress_seconds, "reused": reused,
-                 "embedding_dir": str(directory)})
-    bar.close()
+    try:
+        for method, rate, unit in units:
+            comp_key = "original" if method == "original" else compressions.key(method, rate)
+            key = digest(context, comp_key, unit)
+            done = [r for r in results.rows if r.get("key") == key or r.get("unit") == key]
+            if done:
+                rows += [{**r, "cached": True} for r in done]   # a finished row, not redone
+                bar.update(1)
+                continue
+            bar.set_postfix_str(f"{method} rate {rate:g}: compressing")
+            emb, compress_seconds, reused = (None, 0.0, False) if method == "original" else \
+                compressions.get(method, rate)
+            quality = getattr(emb, "metrics", {}) if emb is not None else {}
+            common = {"key": key, "job": c.job, "model": c.model, "method": method, "output": None,
+                      "rate": rate, **embedding_fields(model, emb, unit.get("output")),
+                      "svd_solver": (emb.meta.get("solver") if emb is not None else None),
+                      "mean_cosine": quality.get("cos_mean"),
+                      "rel_frobenius": quality.get("rel_frobenius"),
+                      "method_options": json.loads(json.dumps(
+                          compression_options(c, method), default=str)),
+                      "compress_seconds": compress_seconds, "reused": reused,
+                      "embedding_dir": None if emb is None else
+                      str(compressions.cache.path(method, rate, comp_key))}
+            bar.set_postfix_str(f"{method} rate {rate:g}: {'evaluating' if c.job == 'eval' else 'fine-tuning'}")
+            if c.job == "eval":
+                new = job.run(model, emb, unit, common)
+            else:
+                new = job.run(model, emb, unit, common, workdir / "checkpoints")
+            for row in new:
+                results.put(row)
+            rows += new
+            bar.update(1)
+    finally:
+        bar.close()
     return rows
+

@@ -1,4 +1,6 @@
-"""Fine-tune a (compressed-embedding) model on GLUE or SQuAD v1.1 and report dev metrics.
+"""Fine-tune a (compressed-embedding) model on GLUE or SQuAD v1.1 and score dev after each epoch.
+
+The sweep over tasks, methods, rates and seeds is the "finetune" job of `dirjax.experiment`.
 
 The loop, top to bottom:
   1. the model's parameters are split into `trainable` and `frozen` by the embedding
@@ -25,8 +27,6 @@ Embedding treatments (the paper fine-tunes AE models with frozen codes):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import time
@@ -41,7 +41,10 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dirjax.errors import ConfigError
+from dirjax.data.glue import Examples, get_task
+from dirjax.data.squad import Example
 from dirjax.evaluate import glue, squad
+from dirjax.evaluate.batching import eval_order, length_grouped_order, pad_batch
 from dirjax.models.heads import SequenceHead, SpanHead
 
 TREATMENTS = ("frozen_codes", "frozen", "full")
@@ -159,46 +162,6 @@ def span_loss(model, batch, key):
 
 # ---------------------------------------------------------------- batches
 
-def pad_batch(rows: list[list[int]], types: list[list[int]], size: int, multiple: int,
-              **per_example) -> dict[str, np.ndarray]:
-    """Right-pad token rows to T = a multiple of `multiple` and the batch to `size` rows;
-    padded rows get weight 0. Extra per-example arrays (labels, start, end) are padded too."""
-    n = len(rows)
-    t = max(multiple, math.ceil(max(map(len, rows)) / multiple) * multiple)
-    ids = np.zeros((size, t), np.int32)
-    tt = np.zeros((size, t), np.int32)
-    for i, (r, ty) in enumerate(zip(rows, types)):
-        ids[i, :len(r)] = r
-        tt[i, :len(ty)] = ty
-    mask = np.zeros((size, t), np.int32)
-    for i, r in enumerate(rows):
-        mask[i, :len(r)] = 1
-    out = {"ids": ids, "mask": mask, "token_type_ids": tt,
-           "weight": (np.arange(size) < n).astype(np.float32)}
-    for k, v in per_example.items():
-        v = np.asarray(v)
-        out[k] = np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)])
-    return out
-
-
-def length_grouped_order(lengths: np.ndarray, batch: int, rng: np.random.Generator,
-                         group: int = 50) -> list[np.ndarray]:
-    """Shuffled batches of indices in which lengths are similar: shuffle, sort chunks of
-    `group` batches by length, cut into batches, shuffle the batches."""
-    perm = rng.permutation(len(lengths))
-    batches = []
-    for c in range(0, len(perm), batch * group):
-        chunk = perm[c:c + batch * group]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches += [chunk[i:i + batch] for i in range(0, len(chunk), batch)]
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
-def eval_order(lengths: np.ndarray, batch: int) -> list[np.ndarray]:
-    order = np.argsort(lengths, kind="stable")
-    return [order[i:i + batch] for i in range(0, len(order), batch)]
-
-
 # ---------------------------------------------------------------- the loop
 
 def make_step(graphdef, loss_fn: Callable, tx: optax.GradientTransformation, dtype=jnp.float32):
@@ -304,20 +267,20 @@ def restore(ckpt, trainable, opt_state, sharding):
 
 # ---------------------------------------------------------------- GLUE
 
-def encode_pairs(tokenizer, ex: glue.Examples, max_length: int):
+def encode_pairs(tokenizer, ex: Examples, max_length: int):
     enc = tokenizer(ex.text_a, ex.text_b, truncation=True, max_length=max_length,
                     return_token_type_ids=True)
     return enc["input_ids"], enc["token_type_ids"]
 
 
-def finetune_glue(backbone, tokenizer, task: str, cfg: TrainConfig, *, train: glue.Examples,
-                  dev: dict[str, glue.Examples], seed: int = 0, max_length: int = 128,
+def finetune_glue(backbone, tokenizer, task: str, cfg: TrainConfig, *, train: Examples,
+                  dev: dict[str, Examples], seed: int = 0, max_length: int = 128,
                   pooling: str = "auto", mesh=None, ckpt_dir=None, log=print) -> list[dict]:
     """Fine-tune a SequenceHead on `backbone` for GLUE `task`; dev = {split name: examples}.
 
     Returns per-epoch dicts with every metric of every dev split, keyed `<split>/<metric>`.
     """
-    t = glue.get_task(task)
+    t = get_task(task)
     head = SequenceHead(backbone, t.num_labels, pooling=pooling, dropout_rate=cfg.dropout,
                         rngs=nnx.Rngs(seed))
     n_dev = len(mesh.devices.flat) if mesh is not None else jax.device_count()
@@ -354,8 +317,8 @@ def finetune_glue(backbone, tokenizer, task: str, cfg: TrainConfig, *, train: gl
 
 # ---------------------------------------------------------------- SQuAD
 
-def finetune_squad(backbone, tokenizer, cfg: TrainConfig, *, train: list[squad.Example],
-                   dev: list[squad.Example], seed: int = 0, max_length: int = 384,
+def finetune_squad(backbone, tokenizer, cfg: TrainConfig, *, train: list[Example],
+                   dev: list[Example], seed: int = 0, max_length: int = 384,
                    stride: int = 128, n_best: int = 20, max_answer_length: int = 30,
                    mesh=None, ckpt_dir=None, log=print) -> list[dict]:
     """Fine-tune a SpanHead; per-epoch dicts with dev `exact_match` and `f1` (percent)."""
@@ -391,154 +354,3 @@ def finetune_squad(backbone, tokenizer, cfg: TrainConfig, *, train: list[squad.E
 
 def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
-
-
-# ---------------------------------------------------------------- sweep
-
-def compressed_backbone(source: str, method: str, rate: float | None, options: dict,
-                        cache: Path | None):
-    """(model, tokenizer, info) with the embedding replaced by `method` at `rate`.
-
-    The compression is saved under `<cache>/<method>-rate<rate>-<hash of options>`
-    (`dirjax.compress.save_compressed`), so that seeds and reruns reuse one compression.
-    """
-    from dirjax import load_model, swap_embedding
-    model, tokenizer = load_model(source)
-    table = model.embedding.table()
-    info = {"rank": None, "embedding_params": int(model.embedding.num_params()),
-            "rate": 1.0, "compress_seconds": 0.0}
-    if method == "original":
-        return model, tokenizer, info
-    # one compression per (model, method, rate, options), shared by seeds and reruns
-    key = json.dumps({"model": source, "options": options}, sort_keys=True, default=str)
-    digest = hashlib.sha1(key.encode()).hexdigest()[:8]
-    path = cache / f"{method}-rate{rate:g}-{digest}" if cache else None
-    from dirjax.compress import compress, load_compressed, save_compressed
-    if path is not None and (path / "meta.json").exists():
-        emb = load_compressed(path)
-        info["compress_seconds"] = float(emb.meta.get("compress_seconds", 0.0))
-    else:
-        t0 = time.perf_counter()
-        emb = compress(table, rate=rate, method=method, **options)
-        info["compress_seconds"] = time.perf_counter() - t0
-        emb.meta = {**emb.meta, "compress_seconds": info["compress_seconds"]}
-        if path is not None:
-            save_compressed(emb, path, {"model": source, "requested_rate": rate,
-                                        "options": options})
-    from dirjax.embedding import compression_rate
-    info.update(rank=int(emb.codes.shape[1]), embedding_params=int(emb.num_params()),
-                rate=round(compression_rate(emb, table.shape[0], table.shape[1]), 3))
-    return swap_embedding(model, emb), tokenizer, info
-
-
-def run(config, workdir: str | os.PathLike) -> list[dict]:
-    """Every (task, method, rate, seed) of a fine-tuning config; rows appended to
-    `<workdir>/results.json` as each run finishes (a rerun skips finished runs and resumes an
-    interrupted one from its last epoch checkpoint)."""
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    # compiled steps are reused across seeds and reruns (same shapes, same program)
-    jax.config.update("jax_compilation_cache_dir", str((workdir / "jax_cache").absolute()))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    cfg = train_config(config)
-    results = workdir / "results.json"
-    rows = json.loads(results.read_text()) if results.exists() else []
-    done = {(r["task"], r["method"], r["rate"], r["seed"]) for r in rows}
-    data = {task: load_data(config, task) for task in config.tasks}
-    # seeds outermost: every task and method gets a first figure early
-    for seed in config.seeds:
-        for task in config.tasks:
-            for method in config.methods:
-                for rate in ([1.0] if method == "original" else config.rates):
-                    if (task, method, float(rate), seed) in done:
-                        continue
-                    t0 = time.perf_counter()
-                    backbone, tok, info = compressed_backbone(
-                        config.model, method, float(rate),
-                        dict((config.get("compress_options", None) or {}).get(method, None) or {}),
-                        workdir / "embeddings")
-                    name = f"{task}-{method}-rate{float(rate):g}-seed{seed}"
-                    log = lambda msg, name=name: print(f"[{name}] {msg}", flush=True)
-                    history = finetune_task(backbone, tok, config, cfg, task, data[task], seed,
-                                            workdir / "checkpoints" / name, log)
-                    rows += result_rows(config, task, method, float(rate), seed, info, history,
-                                        time.perf_counter() - t0)
-                    write_json(results, rows)
-    return rows
-
-
-def load_data(config, task: str):
-    """(train, dev) of a GLUE task (dev: {split: Examples}) or of SQuAD (lists of examples)."""
-    n_train, n_dev = config.get("max_train_examples", None), config.get("max_eval_examples", None)
-    if task == "squad":
-        path = Path(config.data_dir or ".") / "squad"
-        train = squad.load(path / config.get("train_file", "train-v1.1.json"))
-        dev = squad.load(path / "dev-v1.1.json")
-        return train[:n_train or None], dev[:n_dev or None]
-    t = glue.get_task(task)
-    train = glue.load(t, "train", config.data_dir)
-    dev = {s: glue.load(t, s, config.data_dir) for s in t.dev_splits}
-    if n_train:
-        train = train.take(n_train)
-    if n_dev:
-        dev = {s: e.take(n_dev) for s, e in dev.items()}
-    return train, dev
-
-
-def finetune_task(backbone, tok, config, cfg, task, data, seed, ckpt_dir, log):
-    train, dev = data
-    if task == "squad":
-        return finetune_squad(backbone, tok, cfg, train=train, dev=dev, seed=seed,
-                              max_length=config.max_length, stride=config.get("stride", 128),
-                              n_best=config.get("n_best", 20),
-                              max_answer_length=config.get("max_answer_length", 30),
-                              ckpt_dir=ckpt_dir, log=log)
-    return finetune_glue(backbone, tok, task, cfg, train=train, dev=dev, seed=seed,
-                         max_length=config.max_length, pooling=config.get("pooling", "auto"),
-                         ckpt_dir=ckpt_dir, log=log)
-
-
-def result_rows(config, task, method, rate, seed, info, history, seconds) -> list[dict]:
-    """One row per dev metric of the last epoch, in the end-to-end report's row format
-    (`output` is "none": fine-tuning uses the input embedding only)."""
-    last = history[-1]
-    base = {"model": config.model, "task": task, "method": method, "rate": info["rate"],
-            "rank": info["rank"], "output": "none", "seed": seed, "seconds": round(seconds, 1),
-            "embedding": config.embedding, "embedding_params": info["embedding_params"],
-            "epochs": last["epoch"], "examples_per_s": round(last["examples_per_s"], 2),
-            "train_loss": round(last["train_loss"], 4), "history": history}
-    rows = []
-    for key, value in last.items():
-        if "/" not in key and task != "squad" or key in SKIP:
-            continue
-        split_name, _, metric = key.rpartition("/")
-        dataset = "squad dev" if task == "squad" else f"glue/{task} {split_name}"
-        rows.append(dict(base, rate=rate, dataset=dataset, metric=metric, value=value,
-                         achieved_rate=info["rate"]))
-    return rows
-
-
-SKIP = {"epoch", "train_loss", "train_seconds", "examples_per_s", "seconds"}
-
-
-def write_json(path: Path, obj) -> None:
-    """Atomic write: a reader never sees half a file."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
-def summary_table(rows: list[dict]) -> str:
-    """Markdown: mean ± std over seeds of each (task, dataset, metric, method, rate)."""
-    groups: dict[tuple, list[float]] = {}
-    for r in rows:
-        key = (r["dataset"], r["metric"], r["method"], r["rate"], r["rank"])
-        groups.setdefault(key, []).append(100 * r["value"] if r["dataset"] != "squad dev" else r["value"])
-    lines = ["| dataset | metric | method | rate | rank | mean | std | seeds | values |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for (ds, metric, method, rate, rank), v in groups.items():
-        lines.append(f"| {ds} | {metric} | {method} | {rate:g} | {rank if rank else '-'} | "
-                     f"{np.mean(v):.2f} | {np.std(v, ddof=1) if len(v) > 1 else 0:.2f} | {len(v)} | "
-                     f"{', '.join(f'{x:.1f}' for x in v)} |")
-    return "\n".join(lines)
-

@@ -1,10 +1,18 @@
-"""Results of a run: `results.json` (rows), `results.md` (table), `plot.png` (metric vs rate).
+"""Results of a work directory: `results.json` (rows), `results.md` (table), `plot.png`.
 
-A row is a dict with at least: model, method, rate, rank, output, dataset, metric, value,
-tokens, embedding_params, seconds. The original model's row has method "original", rate 1 and
-output None; it is drawn as a horizontal line. Every file is written to a temporary file in
-the same folder and moved into place with `os.replace`, so a reader (or a crash) never sees a
-half-written file.
+One row schema for both jobs (`dirjax.experiment`). Every row has: key (digest of everything
+that made it), job, model, task, dataset, metric, value, method, rate (requested; 1 for the
+original), achieved_rate (fp32 table bytes / stored bytes), rank (low-rank methods only, else
+None), output ("tied" / "original" for tied LM heads in eval rows, else None), embedding_bytes
+(stored), model_bytes (the whole model with that embedding, fp32 elsewhere), svd_solver
+("exact" / "randomized" where an SVD was computed), method_options, seconds, compress_seconds,
+reused, embedding_dir. Eval rows add tokens (and nll, examples); fine-tune rows add seed,
+epochs, lr, embedding (treatment), train_loss, history.
+
+`Results` keeps the file: a row replaces only the row with its own key, so results.json only
+grows and a failed or different rerun never loses a finished row. Every file is written to a
+temporary file in the same folder and moved into place with `os.replace`, so a reader (or a
+crash) never sees a half-written file.
 """
 from __future__ import annotations
 
@@ -15,19 +23,28 @@ from pathlib import Path
 
 COLUMNS = [("model", "model"), ("method", "method"), ("output", "output"), ("rate", "rate"),
            ("rank", "rank"), ("dataset", "dataset"), ("metric", "metric"), ("value", "value"),
-           ("tokens", "tokens"), ("embedding_params", "emb. params"),
-           ("achieved_rate", "rate in bytes"),
-           ("mean_cosine", "mean cos"), ("seconds", "eval s")]
+           ("seed", "seed"), ("lr", "lr"), ("tokens", "tokens"),
+           ("embedding_bytes", "emb. MB"), ("model_bytes", "model MB"),
+           ("achieved_rate", "rate in bytes"), ("svd_solver", "svd"),
+           ("mean_cosine", "mean cos"), ("seconds", "s")]
 LOG_METRICS = ("ppl", "mlm_ppl")
 OUTPUT_LABELS = {"tied": " (input + tied head)", "original": " (input only, head kept)"}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write `data` to `path` through a temporary file and `os.replace`."""
+    """Write `data` to `path` through a temporary file and `os.replace`, with the permissions
+    an ordinary new file gets (mkstemp's are 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
@@ -42,6 +59,8 @@ def fmt(key: str, v) -> str:
         return "-"
     if isinstance(v, bool):
         return str(v)
+    if key in ("embedding_bytes", "model_bytes"):
+        return f"{v / 1e6:,.2f}"
     if isinstance(v, int):
         return f"{v:,}"
     if isinstance(v, float):
@@ -51,6 +70,8 @@ def fmt(key: str, v) -> str:
             return f"{v:.4f}"
         if key == "seconds":
             return f"{v:.1f}"
+        if key == "lr":
+            return f"{v:g}"
         return f"{v:,.2f}" if abs(v) >= 100 else f"{v:.3f}" if abs(v) < 1 else f"{v:.2f}"
     return str(v)
 
@@ -64,36 +85,46 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _panel(r: dict) -> str:
+    """One plot panel per metric (eval) or per dataset and metric (fine-tuning: several tasks)."""
+    return f"{r['dataset']} {r['metric']}" if r.get("job") == "finetune" else r["metric"]
+
+
 def plot(rows: list[dict], path: str | os.PathLike) -> None:
-    """Metric vs rate, one line per (method, output), the original model as a horizontal line."""
+    """Metric vs rate, one line per (method, output), the original model as a horizontal line;
+    rows that differ only by seed are averaged."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = list(dict.fromkeys(r["metric"] for r in rows))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.2), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        mine = [r for r in rows if r["metric"] == metric]
+    panels = list(dict.fromkeys(_panel(r) for r in rows)) or ["(no results yet)"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        mine = [r for r in rows if _panel(r) == panel]
+        points: dict[tuple, list] = {}
         for r in mine:
-            if r["method"] == "original":
-                ax.axhline(r["value"], color="black", ls="--", lw=1, label=f"original {r['value']:.4g}")
+            label = r["method"] + OUTPUT_LABELS.get(r.get("output"), "")
+            points.setdefault((label, r["rate"]), []).append(r["value"])
         lines: dict[str, list] = {}
-        for r in mine:
-            if r["method"] != "original":
-                label = r["method"] + OUTPUT_LABELS.get(r.get("output"), "")
-                lines.setdefault(label, []).append((r["rate"], r["value"]))
+        for (label, rate), values in points.items():
+            value = sum(values) / len(values)
+            if label == "original":
+                ax.axhline(value, color="black", ls="--", lw=1, label=f"original {value:.4g}")
+            else:
+                lines.setdefault(label, []).append((rate, value))
         for label, pts in lines.items():
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-        if metric in LOG_METRICS:
+        if mine and mine[0]["metric"] in LOG_METRICS:
             ax.set_yscale("log")
         models = ", ".join(dict.fromkeys(str(r["model"]) for r in mine))
         datasets = ", ".join(dict.fromkeys(str(r["dataset"]) for r in mine))
-        ax.set(xlabel="compression rate (fp32 table bytes / stored bytes)", ylabel=metric,
-               title=f"{models} on {datasets}")
+        ax.set(xlabel="compression rate (fp32 table bytes / stored bytes)",
+               ylabel=mine[0]["metric"] if mine else "", title=f"{models} on {datasets}")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        if mine:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
     try:
@@ -105,8 +136,12 @@ def plot(rows: list[dict], path: str | os.PathLike) -> None:
             tmp.unlink()
 
 
-LOW_RANK = ("svd", "ae")
 HIGHER_IS_BETTER = ("spearman_x100",)
+
+
+def _low_rank(method: str) -> bool:
+    from dirjax.compress import METHODS
+    return method in METHODS and METHODS[method].low_rank
 
 
 def verdict(rows: list[dict]) -> str:
@@ -132,7 +167,7 @@ def verdict(rows: list[dict]) -> str:
                 continue
             best = max(at, key=lambda r: r["value"] if higher else -r["value"])
             line = f"rate {rate:g}: best {show(best)}"
-            low = [r for r in at if r["method"] in LOW_RANK]
+            low = [r for r in at if _low_rank(r["method"])]
             if low and not any(kept(r["value"]) for r in low):
                 lr = max(low, key=lambda r: r["value"] if higher else -r["value"])
                 line += f"; low rank alone does not keep this model (best {show(lr)})"
@@ -143,7 +178,8 @@ def verdict(rows: list[dict]) -> str:
 
 
 def write_results(rows: list[dict], workdir: str | os.PathLike) -> None:
-    """results.json, results.md and plot.png in `workdir`, each replaced atomically."""
+    """results.json, results.md and plot.png in `workdir`, each replaced atomically (the JSON
+    first: it is the record; the table and the plot are views of it)."""
     workdir = Path(workdir)
     atomic_write(workdir / "results.json", json.dumps(rows, indent=1) + "\n")
     atomic_write(workdir / "results.md", markdown_table(rows))
@@ -152,3 +188,65 @@ def write_results(rows: list[dict], workdir: str | os.PathLike) -> None:
 
 def read_results(workdir: str | os.PathLike) -> list[dict]:
     return json.loads((Path(workdir) / "results.json").read_text())
+
+
+class Results:
+    """The rows of `<workdir>/results.json`, by key; `put` replaces a row with the same key or
+    appends, and rewrites the files. Rows are never dropped."""
+
+    def __init__(self, workdir: str | os.PathLike):
+        from dirjax.errors import DataError
+        self.workdir = Path(workdir)
+        path = self.workdir / "results.json"
+        self.rows: list[dict] = []
+        if path.exists():
+            try:
+                rows = json.loads(path.read_text())
+            except ValueError as e:
+                raise DataError(f"{path} is not valid JSON ({e}); move it away to start "
+                                "a fresh results file") from None
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise DataError(f"{path} is not a list of result rows; move it away")
+            self.rows = rows
+
+    def get(self, key: str) -> dict | None:
+        return next((r for r in self.rows if r.get("key") == key), None)
+
+    def put(self, row: dict) -> None:
+        from dirjax.errors import DirjaxError
+        at = next((i for i, r in enumerate(self.rows) if r.get("key") == row["key"]), None)
+        if at is None:
+            self.rows.append(row)
+        else:
+            self.rows[at] = row
+        try:
+            write_results(self.rows, self.workdir)
+        except OSError as e:
+            raise DirjaxError(f"cannot write the results in {self.workdir}: "
+                              f"{e.strerror or e}") from None
+
+
+def seed_summary(rows: list[dict]) -> str:
+    """Markdown: mean ± std over seeds of each (dataset, metric, method, rate, settings)."""
+    import numpy as np
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        key = (r["dataset"], r["metric"], r["method"], r["rate"], r.get("rank"), r.get("lr"),
+               r.get("epochs"))
+        scale = 1 if r["task"] == "squad" else 100
+        groups.setdefault(key, []).append(scale * r["value"])
+    lines = ["| dataset | metric | method | rate | rank | lr | epochs | mean | std | seeds | values |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (ds, metric, method, rate, rank, lr, epochs), v in groups.items():
+        std = np.std(v, ddof=1) if len(v) > 1 else 0.0
+        lines.append(f"| {ds} | {metric} | {method} | {rate:g} | {rank or '-'} | {lr:g} | "
+                     f"{epochs} | {np.mean(v):.2f} | {std:.2f} | {len(v)} | "
+                     f"{', '.join(f'{x:.1f}' for x in v)} |")
+    return "\n".join(lines) + "\n"
+
+
+def summary(rows: list[dict]) -> str:
+    """What a finished run prints: the table and the verdict (eval), the seed summary (finetune)."""
+    if any(r.get("job") == "finetune" for r in rows):
+        return seed_summary([r for r in rows if r.get("job") == "finetune"])
+    return markdown_table(rows) + verdict(rows)

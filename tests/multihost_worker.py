@@ -22,7 +22,7 @@ def main(port: str, process_id: str, out: str) -> None:
     sys.path.insert(0, os.path.dirname(__file__))
     from test_multihost import OPTIONS, RANK, table
     from dirjax.compress.train import AEOptions, train_autoencoder
-    codes, weight, bias = train_autoencoder(table(), RANK, AEOptions(**OPTIONS))
+    codes, weight, bias, _ = train_autoencoder(table(), RANK, AEOptions(**OPTIONS))
     if jax.process_index() == 0:
         np.savez(out, codes=codes, weight=weight, bias=bias)
     jax.distributed.shutdown()

@@ -12,7 +12,8 @@ from safetensors.numpy import load_file, save_file
 
 from dirjax.errors import DirjaxError
 from dirjax.models import load_model
-from dirjax.models.bert import Bert, mean_pool
+from dirjax.models.bert import Bert
+from dirjax.models.heads import mean_pool
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = FIXTURES / "tiny-bert"

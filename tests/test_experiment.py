@@ -36,22 +36,35 @@ def test_one_rate_end_to_end_writes_everything_and_reuses_compressions(tmp_path)
     assert md.count("\n") == 2 + len(rows) and "| ae | tied | 4 |" in md
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
     original = rows[0]
-    assert original["metric"] == "ppl" and original["embedding_params"] == 1000 * 64
+    assert original["metric"] == "ppl" and original["embedding_bytes"] == 1000 * 64 * 4
     assert original["tokens"] == 300 - 5                   # 5 windows of <= 64, no overlap
+    assert original["rank"] is None and original["svd_solver"] is None
     for r in rows[1:]:
         # rank 14 for 1000x64 at rate 4: (1000*64/4 - 64) / 1064 = 14.98 -> 14
         assert r["rank"] == 14 and r["achieved_rate"] >= 4.0
-        assert r["embedding_params"] == 1000 * 14 + 14 * 64 + 64
+        assert r["embedding_bytes"] == 4 * (1000 * 14 + 14 * 64 + 64)
+        # the tiny Llama is tied: output "original" keeps the fp32 table for the head
+        head = 1000 * 64 * 4 if r["output"] == "original" else 0
+        assert r["model_bytes"] == original["model_bytes"] - 1000 * 64 * 4 + r["embedding_bytes"] + head
         assert r["value"] > 0 and r["tokens"] == original["tokens"] and not r["reused"]
         assert Path(r["embedding_dir"]).is_dir() and 0 < r["mean_cosine"] < 1
+        # the exact SVD for a table this small (the AE starts at random: no SVD computed)
+        assert r["svd_solver"] == ("exact" if r["method"] == "svd" else None)
     # the same method/rate, two outputs: same compression, different models
     assert rows[1]["embedding_dir"] == rows[2]["embedding_dir"]
     assert rows[1]["value"] != rows[2]["value"]
 
-    again = run_experiment(tiny_config(), tmp_path)
-    assert all(r["reused"] and r["compress_seconds"] == 0 for r in again[1:])
-    for a, b in zip(rows, again):
-        assert a["value"] == pytest.approx(b["value"], rel=1e-6)
+    again = run_experiment(tiny_config(), tmp_path)   # every row found by its key, not redone
+    assert all(r.pop("cached") for r in again)
+    assert again == json.loads(json.dumps(rows))
+    assert json.loads((tmp_path / "results.json").read_text()) == saved   # nothing rewritten
+
+    # another evaluation setting: the compressions are reused, the rows are new and added
+    more = run_experiment(tiny_config(max_tokens=200), tmp_path)
+    assert all(r["reused"] and "cached" not in r for r in more[1:])
+    assert all(r["compress_seconds"] == pytest.approx(a["compress_seconds"])
+               for r, a in zip(more[1:], rows[1:]))
+    assert len(json.loads((tmp_path / "results.json").read_text())) == 2 * len(rows)
 
 
 def test_changed_options_do_not_reuse_a_compression(tmp_path):
@@ -62,6 +75,10 @@ def test_changed_options_do_not_reuse_a_compression(tmp_path):
     assert not second[1]["reused"]
     assert first[1]["embedding_dir"] != second[1]["embedding_dir"]
     assert len(list((tmp_path / "embeddings").glob("svd-rate4-*"))) == 2
+    # the randomized solver, asked for by name, is recorded as such
+    c.method_options.svd = {"exact": False}
+    third = run_experiment(c, tmp_path)
+    assert third[1]["svd_solver"] == "randomized" and first[1]["svd_solver"] == "exact"
 
 
 def test_encoder_sts_and_masked_lm(tmp_path):
@@ -125,9 +142,27 @@ def test_calibrated_quantiser_end_to_end(tmp_path):
     rows = run_experiment(c, tmp_path)
     q = rows[1]
     assert q["method"] == "quant_gptq" and q["rank"] is None and q["achieved_rate"] >= 4.0
+    assert q["embedding_bytes"] <= 1000 * 64 * 4 / 4    # smaller than the original, in bytes
     assert q["mean_cosine"] > 0.99 and q["value"] == pytest.approx(rows[0]["value"], rel=0.05)
     again = run_experiment(c, tmp_path)
-    assert again[1]["reused"] and again[1]["value"] == pytest.approx(q["value"], rel=1e-6)
+    assert again[1]["cached"] and again[1]["value"] == q["value"]
+    c.max_tokens = 200                        # another evaluation: the compression is reused
+    shorter = run_experiment(c, tmp_path)
+    assert shorter[1]["reused"] and shorter[1]["embedding_dir"] == q["embedding_dir"]
+    c.max_tokens = 300
+    # another calibration text: another compression, not the cached one
+    c.method_options = {"quant_gptq": {"calibration": {**calibration, "n_hidden": 64}}}
+    other = run_experiment(c, tmp_path)
+    assert not other[1]["reused"] and other[1]["embedding_dir"] != q["embedding_dir"]
+
+
+def test_calibrated_method_without_calibration_gets_a_disjoint_default():
+    c = check_config(tiny_config(methods=("quant_freq",)))
+    assert c.method_options.quant_freq.calibration.to_dict() == {
+        "dataset": "stdlib", "split": "train", "n_hidden": 0}
+    c = check_config(tiny_config(methods=("quant_gptq",), dataset="wikitext-2-raw", split="test"))
+    assert c.method_options.quant_gptq.calibration.dataset == "wikitext-2"
+    assert c.method_options.quant_gptq.calibration.n_hidden == 8192
 
 
 def test_calibration_on_the_evaluation_text_is_refused(tmp_path):

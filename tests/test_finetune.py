@@ -12,7 +12,7 @@ from dirjax import load_model, swap_embedding
 from dirjax import finetune as ft
 from dirjax.embedding import LowRankEmbedding
 from dirjax.errors import ConfigError
-from dirjax.evaluate import glue
+from dirjax.data import glue
 from dirjax.models.heads import SequenceHead, SpanHead
 
 TINY_BERT = Path(__file__).parent / "fixtures" / "tiny-bert"
@@ -254,7 +254,7 @@ def test_glue_resume_equals_uninterrupted(tmp_path):
 
 
 def test_finetune_squad_tiny():
-    from dirjax.evaluate import squad
+    from dirjax.data import squad
     model, tok = tiny()
     ctx = "The quick brown fox jumps over the lazy dog near the river bank at noon."
     qa = [("who jumps?", "brown fox"), ("where?", "the river bank"), ("when?", "noon"),
@@ -265,36 +265,6 @@ def test_finetune_squad_tiny():
                              stride=8, mesh=ONE, log=lambda m: None)
     assert set(hist[0]) >= {"exact_match", "f1", "train_loss"}
     assert 0.0 <= hist[0]["exact_match"] <= hist[0]["f1"] <= 100.0
-
-
-@pytest.mark.slow  # several compiles: ~20 s unloaded, minutes on a busy CPU
-def test_run_writes_rows_and_resumes(tmp_path):
-    import json
-
-    import ml_collections
-
-    from dirjax.compress import rank_for_rate
-    rows = ["sentence1\tsentence2\tlabel\tidx"] + [
-        f"{a} movie.\tit was {a}.\t{int(a == 'bad')}\t{i}" for i, a in enumerate(["good", "bad"] * 12)]
-    for split in ("train", "dev"):
-        (tmp_path / "glue/RTE").mkdir(parents=True, exist_ok=True)
-        (tmp_path / f"glue/RTE/{split}.tsv").write_text("\n".join(rows) + "\n")
-    from configs.glue import get_config
-    c = get_config()
-    c.update(model=str(TINY_BERT), data_dir=str(tmp_path), tasks=("rte",), seeds=(1,),
-             methods=("original", "svd"), rates=(10.0,), epochs=1, max_length=32, lr=1e-3,
-             micro_batch_size=8, batch_size=8)
-    work = tmp_path / "work"
-    got = ft.run(c, work)
-    assert [(r["method"], r["metric"]) for r in got] == [("original", "accuracy"), ("svd", "accuracy")]
-    svd = got[1]
-    assert svd["rank"] == rank_for_rate(1000, 64, 10.0) and svd["dataset"] == "glue/rte dev"
-    assert svd["embedding_params"] < got[0]["embedding_params"] == 1000 * 64
-    assert json.loads((work / "results.json").read_text()) == json.loads(json.dumps(got))
-    assert len(list((work / "embeddings").glob("svd-rate10-*/meta.json"))) == 1
-    again = ft.run(c, work)  # everything finished: nothing retrained, same rows
-    assert again == got
-    assert "| glue/rte dev | accuracy | svd | 10 |" in ft.summary_table(got)
 
 
 def test_mean_pooling_reads_only_real_tokens():

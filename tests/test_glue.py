@@ -1,10 +1,12 @@
 """GLUE: metrics against hand-computed values, and the per-task TSV layouts."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dirjax.errors import ConfigError, DataError
+from dirjax.data import glue as glue_data
 from dirjax.evaluate import glue
 
 PRED = np.array([1, 1, 0, 1, 0, 0, 1, 0])
@@ -82,30 +84,30 @@ def test_tsv_layouts(tmp_path):
     write(g / "MNLI/dev_mismatched.tsv", "index\tpromptID\tpairID\tgenre\tsentence1\tsentence2\t"
           "label1\tgold_label\n0\t1\t2\tg\tP.\tH.\tneutral\tcontradiction\n")
 
-    m = glue.load("mrpc", "dev", tmp_path)
+    m = glue_data.load("mrpc", "dev", tmp_path)
     assert m.text_a == ['He said "yes.', "A b."] and m.text_b[0] == 'The "answer" was yes.'
     assert list(m.labels) == [1, 0]
-    c = glue.load("cola", "dev", tmp_path)
+    c = glue_data.load("cola", "dev", tmp_path)
     assert c.text_a == ["The sailors rode.", "Rode sailors the."] and c.text_b is None
     assert list(c.labels) == [1, 0]
-    assert list(glue.load("rte", "dev", tmp_path).labels) == [1, 0]
-    q = glue.load("qnli", "dev", tmp_path)
+    assert list(glue_data.load("rte", "dev", tmp_path).labels) == [1, 0]
+    q = glue_data.load("qnli", "dev", tmp_path)
     assert list(q.labels) == [1, 0] and q.text_a == ["Q?", "R?"] and q.text_b == ["S.", "T."]
-    s = glue.load("stsb", "dev", tmp_path)
+    s = glue_data.load("stsb", "dev", tmp_path)
     assert s.labels.dtype == np.float32 and s.labels[0] == pytest.approx(4.75)
     assert s.text_b == ["A guy."]
-    assert list(glue.load("mnli", "dev_mismatched", tmp_path).labels) == [2]
+    assert list(glue_data.load("mnli", "dev_mismatched", tmp_path).labels) == [2]
     with pytest.raises(DataError, match="missing GLUE file"):
-        glue.load("sst2", "dev", tmp_path)
+        glue_data.load("sst2", "dev", tmp_path)
 
 
 def test_bad_label_is_a_clear_error(tmp_path):
     write(tmp_path / "glue/RTE/dev.tsv", "sentence1\tsentence2\tlabel\tidx\nA.\tB.\tmaybe\t0\n")
     with pytest.raises(DataError, match="unknown label 'maybe'"):
-        glue.load("rte", "dev", tmp_path)
+        glue_data.load("rte", "dev", tmp_path)
 
 
-SHARED = glue.Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.mark.slow  # needs ../shared/data
@@ -114,7 +116,7 @@ def test_shared_dev_files_have_official_sizes():
     counts = {"cola": (1043, 1), "sst2": (872, 1), "mrpc": (408, 2), "stsb": (1500, 2),
               "qnli": (5463, 2), "rte": (277, 2)}
     for task, (n, texts) in counts.items():
-        ex = glue.load(task, "dev", SHARED)
+        ex = glue_data.load(task, "dev", SHARED)
         assert len(ex) == n and (ex.text_b is not None) == (texts == 2)
-    mrpc = glue.load("mrpc", "dev", SHARED)
+    mrpc = glue_data.load("mrpc", "dev", SHARED)
     assert int(mrpc.labels.sum()) == 279  # the official 68.4% positive rate

@@ -46,7 +46,7 @@ def test_two_processes_train_like_one(tmp_path):
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-3000:]
     multi = np.load(out)
-    codes, weight, bias = train_autoencoder(table(), RANK, AEOptions(**OPTIONS, devices=jax.devices()[:1]))
+    codes, weight, bias, _ = train_autoencoder(table(), RANK, AEOptions(**OPTIONS, devices=jax.devices()[:1]))
     np.testing.assert_allclose(multi["codes"], codes, atol=1e-5)
     np.testing.assert_allclose(multi["weight"], weight, atol=1e-5)
     np.testing.assert_allclose(multi["bias"], bias, atol=1e-5)

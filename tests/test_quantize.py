@@ -34,7 +34,7 @@ def rel_err(emb, table):
 
 
 @pytest.mark.parametrize("rate", [2, 5, 10])
-@pytest.mark.parametrize("opts", [dict(), dict(counts=zipf_counts()), dict(group=16, rotate=False)])
+@pytest.mark.parametrize("opts", [dict(), dict(allocation="frequency", counts=zipf_counts()), dict(group=16, rotate=False)])
 def test_rate_is_met_in_bytes(rate, opts):
     emb = Q.quantize(flat_table(), rate=rate, **opts)
     assert compression_rate(emb) >= rate
@@ -49,7 +49,7 @@ def test_rate_is_met_in_bytes(rate, opts):
 
 
 def test_codes_fit_their_bits():
-    emb = Q.quantize(flat_table(), rate=10, counts=zipf_counts())
+    emb = Q.quantize(flat_table(), rate=10, allocation="frequency", counts=zipf_counts())
     codes, bits = np.asarray(emb.codes[...]), np.asarray(emb.bits[...])
     assert np.all(codes < (2 ** bits.astype(int))[:, None])
 
@@ -67,7 +67,7 @@ def test_deterministic_per_seed():
 @pytest.mark.parametrize("method", ["quant", "quant_freq", "quant_gptq"])
 def test_beats_svd_at_equal_bytes_on_flat_spectrum(rate, method):
     t = flat_table()
-    calib = dict(counts=zipf_counts(), hidden=np.random.default_rng(4).standard_normal((300, D)))
+    calib = dict(allocation="frequency", counts=zipf_counts(), hidden=np.random.default_rng(4).standard_normal((300, D)))
     fn = {"quant": lambda: Q.quant_method(t, rate=rate),
           "quant_freq": lambda: Q.quant_freq_method(t, rate=rate, counts=calib["counts"]),
           "quant_gptq": lambda: Q.quant_gptq_method(t, rate=rate, **calib)}[method]
@@ -88,7 +88,7 @@ def test_rotation_spreads_outlier_entries():
 
 def test_frequent_rows_get_more_bits_and_less_weighted_error():
     t, counts = flat_table(), zipf_counts()
-    emb = Q.quantize(t, rate=10, counts=counts)
+    emb = Q.quantize(t, rate=10, allocation="frequency", counts=counts)
     bits = np.asarray(emb.bits[...])
     top, tail = np.argsort(-counts)[:20], np.argsort(counts)[:200]
     assert bits[top].mean() > bits[tail].mean() + 1
@@ -115,7 +115,7 @@ def test_gptq_lowers_the_logit_error():
 
 def test_module_calls_agree_with_table_and_jit():
     t = flat_table()
-    emb = Q.quantize(t, rate=5, counts=zipf_counts())
+    emb = Q.quantize(t, rate=5, allocation="frequency", counts=zipf_counts())
     tab = np.asarray(emb.table())
     ids = jnp.array([[0, 5, 511], [7, 7, 1]], jnp.int32)
     np.testing.assert_allclose(np.asarray(emb(ids)), tab[np.asarray(ids)], rtol=1e-5, atol=1e-5)
@@ -132,7 +132,7 @@ def test_constant_rows_are_exact():
     t = flat_table()
     t[:3] = 0.0                          # unused tokens often have all-zero rows
     t[3] = 0.25
-    emb = Q.quantize(t, rate=10, rotate=False, center=False, counts=zipf_counts())
+    emb = Q.quantize(t, rate=10, rotate=False, center=False, allocation="frequency", counts=zipf_counts())
     assert np.all(np.isfinite(np.asarray(emb.table())))
     np.testing.assert_allclose(np.asarray(emb.table())[:4], t[:4], atol=1e-6)
 
@@ -151,7 +151,7 @@ def test_registered_methods():
     t = flat_table()
     emb = Q.quant_method(t, rate=10, rank=None)
     assert 10 <= compression_rate(emb) < 10.1           # error-driven widths spend the budget
-    freq = Q.quant_freq_method(t, rate=10, counts=zipf_counts())
+    freq = Q.quant_freq_method(t, rate=10, allocation="frequency", counts=zipf_counts())
     assert 10 <= compression_rate(freq) < 10.1
     with pytest.raises(ConfigError):
         Q.quant_freq_method(t, rate=10)                 # calibration counts are required

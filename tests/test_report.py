@@ -8,15 +8,15 @@ from dirjax import report
 
 ROWS = [
     dict(model="tiny", method="original", rate=1.0, rank=None, output=None, dataset="stdlib",
-         metric="ppl", value=30.61, tokens=8160, embedding_params=28_311_552, seconds=12.3),
+         metric="ppl", value=30.61, tokens=8160, embedding_bytes=113_246_208, seconds=12.3),
     dict(model="tiny", method="svd", rate=10.0, rank=53, output="tied", dataset="stdlib",
-         metric="ppl", value=25909.4, tokens=8160, embedding_params=2_636_352, seconds=11.0,
+         metric="ppl", value=25909.4, tokens=8160, embedding_bytes=10_545_408, seconds=11.0,
          mean_cosine=0.8123),
     dict(model="tiny", method="svd", rate=5.0, rank=110, output="tied", dataset="stdlib",
-         metric="ppl", value=6000.0, tokens=8160, embedding_params=5_470_848, seconds=11.0,
+         metric="ppl", value=6000.0, tokens=8160, embedding_bytes=21_883_392, seconds=11.0,
          mean_cosine=0.9),
     dict(model="tiny", method="ae", rate=10.0, rank=53, output="original", dataset="stdlib",
-         metric="ppl", value=6256.0, tokens=8160, embedding_params=2_636_352, seconds=10.5,
+         metric="ppl", value=6256.0, tokens=8160, embedding_bytes=10_545_408, seconds=10.5,
          mean_cosine=0.7),
 ]
 
@@ -27,8 +27,8 @@ def test_markdown_table_has_a_row_per_result():
     assert lines[0].startswith("| model | method | output | rate | rank |")
     assert "mean cos" in lines[0]
     assert len(lines) == 2 + len(ROWS)
-    assert "| tiny | original | - | 1 | - | stdlib | ppl | 30.61 | 8,160 | 28,311,552 | - | 12.3 |" in md
-    assert "| tiny | svd | tied | 10 | 53 | stdlib | ppl | 25,909.40 | 8,160 | 2,636,352 | 0.8123 | 11.0 |" in md
+    assert "| tiny | original | - | 1 | - | stdlib | ppl | 30.61 | 8,160 | 113.25 | - | 12.3 |" in md
+    assert "| tiny | svd | tied | 10 | 53 | stdlib | ppl | 25,909.40 | 8,160 | 10.55 | 0.8123 | 11.0 |" in md
 
 
 def test_write_results_writes_all_three_files(tmp_path):

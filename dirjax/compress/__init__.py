@@ -1,56 +1,85 @@
 """Compress a token-embedding table `[V, d]`: `compress(table, rate=10, method="ae")`.
 
-Methods live in `METHODS`, name -> function `(table, *, rate, rank, **options) -> embedding`
-(exactly one of rate / rank is set; the table is already checked: 2-D, non-empty, finite).
+This package file only registers methods and dispatches to them; each method lives beside
+its own code (svd.py, train.py, quantize.py). `METHODS` maps a name to a `Method`:
+
+    fn(table, *, rate, rank, **options) -> embedding module   (exactly one of rate / rank)
+    low_rank    its rate is a rank (V*k + k*d + d numbers): checked before any work
+    check       options -> None, raising ConfigError on an unknown or bad option, so a
+                config is judged before a model is loaded
+    needs       calibration arrays it takes ("counts" [V], "hidden" [N, d]; see calib.py)
+
 The function returns an embedding module (`dirjax.embedding`) with `storage_bytes()`;
 `compress` measures its reconstruction and stores the figures in its `.metrics` dict.
-Another method is one `register_method("name", fn)` away.
+Another method is one `register_method("name", fn, ...)` away.
 """
 from __future__ import annotations
 
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dirjax.compress.lowrank import CompressedEmbedding
 from dirjax.compress.metrics import reconstruction_metrics
-from dirjax.compress.rate import rank_for_rate, rate_for_rank, resolve_rank
-from dirjax.embedding import Described, LowRankEmbedding, compression_rate
+from dirjax.compress.rate import check_rate, rank_for_rate, rate_for_rank, resolve_rank
+from dirjax.embedding import Described
 from dirjax.errors import ConfigError, DataError
 
 
-class CompressedEmbedding(LowRankEmbedding, Described):
-    """A `LowRankEmbedding` (codes `[V, k]` @ weight `[k, d]` + bias `[d]`) that remembers how
-    it was made: `method`, `metrics` (see `reconstruction_metrics`) and free `meta`data."""
+@dataclass(frozen=True)
+class Method:
+    fn: Callable
+    low_rank: bool = False
+    check: Callable | None = None
+    needs: tuple[str, ...] = ()
 
-    def __init__(self, codes, weight, bias=None, *, method: str = "svd",
-                 metrics: dict | None = None, meta: dict | None = None):
-        super().__init__(codes, weight, bias)
-        self.method = method
-        self.metrics = metrics
-        self.meta = meta
 
-    def export(self) -> tuple[dict, dict]:
-        """(arrays, static fields) for `store.save_compressed`."""
-        arrays = {n: np.asarray(getattr(self, n)[...]) for n in ("codes", "weight", "bias")}
-        return arrays, {"rank": self.rank}
+def _lazy(module: str, name: str) -> Callable:
+    """`dirjax.compress.<module>.<name>`, imported on first call (keeps `import dirjax` light)."""
+    def call(*args, **kw):
+        return getattr(importlib.import_module(f"dirjax.compress.{module}"), name)(*args, **kw)
+    call.__name__ = name
+    return call
 
-    @classmethod
-    def restore(cls, arrays: dict, static: dict, **described) -> "CompressedEmbedding":
-        return cls(arrays["codes"], arrays["weight"], arrays["bias"], **described)
 
-    @property
-    def rate(self) -> float:
-        """V*d / (V*k + k*d + d): the fp32 table's size over what is stored."""
-        return compression_rate(self)
+METHODS: dict[str, Method] = {
+    "svd": Method(_lazy("svd", "svd_method"), low_rank=True, check=_lazy("svd", "check_options")),
+    "ae": Method(_lazy("train", "ae_method"), low_rank=True, check=_lazy("train", "check_options")),
+    # the quantisers: rate in packed bytes, no rank
+    "quant": Method(_lazy("quantize", "quant_method"), check=_lazy("quantize", "check_quant")),
+    "quant_freq": Method(_lazy("quantize", "quant_freq_method"),
+                         check=_lazy("quantize", "check_quant_freq"), needs=("counts",)),
+    "quant_gptq": Method(_lazy("quantize", "quant_gptq_method"),
+                         check=_lazy("quantize", "check_quant_gptq"), needs=("counts", "hidden")),
+}
 
-    def reconstruct(self) -> jax.Array:
-        """`[V, d]`."""
-        return self.table()
+
+def register_method(name: str, fn: Callable, *, low_rank: bool = False,
+                    check: Callable | None = None, needs: tuple[str, ...] = ()) -> None:
+    """Make `compress(..., method=name)` call `fn(table, rate=..., rank=..., **options)`."""
+    METHODS[name] = Method(fn, low_rank, check, tuple(needs))
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def check_options(name: str, options: dict) -> None:
+    """ConfigError for an unknown method, or an unknown / bad option of a known one."""
+    method = get_method(name)
+    if method.check is not None:
+        method.check(dict(options))
 
 
 def check_table(table) -> None:
-    """DataError unless `table` is a non-empty, finite 2-D float array."""
+    """DataError unless `table` is a non-empty, finite 2-D float array whose row norms fit fp32."""
     shape = getattr(table, "shape", None)
     if shape is None or len(shape) != 2:
         raise DataError(f"table must be a 2-D array [V, d], got shape {shape}")
@@ -59,62 +88,19 @@ def check_table(table) -> None:
     if not jnp.issubdtype(table.dtype, jnp.floating):
         raise DataError(f"table must hold floats, got {table.dtype}")
     # max |t| is NaN or Inf exactly when some entry is; a plain reduction, so no [V, d] temporary
-    if not np.isfinite(float(_max_abs(table))):
+    biggest = float(_max_abs(table))
+    if not np.isfinite(biggest):
         bad = int(np.sum(~np.isfinite(np.asarray(table))))
         raise DataError(f"table holds {bad} NaN/Inf value(s)")
+    # every method sums squares of a row in fp32: d * max^2 must stay below fp32's 3.4e38
+    if biggest ** 2 * shape[1] > 1e37:
+        raise DataError(f"table values up to {biggest:.3g} overflow fp32 arithmetic "
+                        f"(squared row norms); rescale the table")
 
 
 @jax.jit
 def _max_abs(t):
     return jnp.max(jnp.abs(t))
-
-
-def svd_method(table, *, rate=None, rank=None, n_iter: int = 4, oversample: int = 10,
-               exact=None, seed: int = 0) -> CompressedEmbedding:
-    """Truncated SVD: codes = U_k S_k, weight = V_k^T, bias 0 (see `svd.svd_factors`)."""
-    from dirjax.compress.svd import svd_factors
-    k = resolve_rank(*table.shape, rate=rate, rank=rank)
-    codes, weight = svd_factors(table, k, exact=exact, n_iter=n_iter, oversample=oversample,
-                                seed=seed)
-    return CompressedEmbedding(codes, weight, method="svd",
-                               meta={"exact": exact, "n_iter": n_iter, "seed": seed})
-
-
-def ae_method(table, *, rate=None, rank=None, **options) -> CompressedEmbedding:
-    """The direction AutoEncoder (see `train.AEOptions` for the options and their defaults)."""
-    from dirjax.compress.svd import svd_factors
-    from dirjax.compress.train import AEOptions, train_autoencoder
-    k = resolve_rank(*table.shape, rate=rate, rank=rank)
-    opts = AEOptions.from_kwargs(**options)
-    svd_init = svd_factors(table, k) if opts.init == "svd" else None
-    codes, weight, bias = train_autoencoder(table, k, opts, svd_init=svd_init)
-    meta = {"epochs": opts.epochs, "batch_size": opts.batch_size, "seed": opts.seed,
-            "init": opts.init, "hidden": list(opts.hidden),
-            "final_loss": opts.log[-1]["loss"] if opts.log else None,
-            "epochs_run": len(opts.log)}
-    return CompressedEmbedding(codes, weight, bias, method="ae", meta=meta)
-
-
-def _lazy(module: str, name: str):
-    """A method defined in `dirjax.compress.<module>`, imported on first use."""
-    def method(table, **kw):
-        import importlib
-        return getattr(importlib.import_module(f"dirjax.compress.{module}"), name)(table, **kw)
-    method.__name__ = name
-    return method
-
-
-METHODS = {"svd": svd_method, "ae": ae_method,
-           # the quantisers (dirjax/compress/quantize.py): rate in packed bytes, no rank
-           "quant": _lazy("quantize", "quant_method"),
-           "quant_freq": _lazy("quantize", "quant_freq_method"),
-           "quant_gptq": _lazy("quantize", "quant_gptq_method")}
-LOW_RANK = {"svd", "ae"}  # methods whose rate is a rank (checked before any work)
-
-
-def register_method(name: str, fn) -> None:
-    """Make `compress(..., method=name)` call `fn(table, rate=..., rank=..., **options)`."""
-    METHODS[name] = fn
 
 
 def compress(table, *, rate=None, rank=None, method: str = "ae", metrics: bool = True,
@@ -125,25 +111,35 @@ def compress(table, *, rate=None, rank=None, method: str = "ae", metrics: bool =
     its reconstruction figures in `.metrics` (unless metrics=False). Errors (ConfigError,
     DataError) come before any work and leave nothing written.
     """
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
+    m = get_method(method)
     if (rate is None) == (rank is None):
         raise ConfigError("give exactly one of rate and rank")
+    if rate is not None:
+        rate = check_rate(rate)
     if not isinstance(table, jax.Array):
         table = np.asarray(table)
     check_table(table)
-    if method in LOW_RANK:
-        resolve_rank(*table.shape, rate=rate, rank=rank)  # fail before any work
-    emb = METHODS[method](table, rate=rate, rank=rank, **options)
+    if m.low_rank:
+        rank = resolve_rank(*table.shape, rate=rate, rank=rank)   # fail before any work
+        rate = None
+    elif rank is not None:
+        raise ConfigError(f"method {method} takes a rate (stored bytes), not a rank")
+    if m.check is not None:
+        m.check({k: v for k, v in options.items() if k not in m.needs})
+    emb = m.fn(table, rate=rate, rank=rank, **options)
     if isinstance(emb, Described):
         emb.method = method
     if metrics:
-        emb.metrics = {**getattr(emb, "metrics", {}), **reconstruction_metrics(table, emb)}
+        got = reconstruction_metrics(table, emb)
+        if not all(math.isfinite(v) for v in got.values()):
+            raise DataError(f"method {method} gave a non-finite reconstruction of the table")
+        emb.metrics = {**getattr(emb, "metrics", {}), **got}
     return emb
 
 
-__all__ = ["CompressedEmbedding", "METHODS", "compress", "rank_for_rate", "rate_for_rank",
-           "reconstruction_metrics", "register_method", "check_table"]
+__all__ = ["CompressedEmbedding", "METHODS", "Method", "check_options", "check_table",
+           "compress", "get_method", "rank_for_rate", "rate_for_rank", "reconstruction_metrics",
+           "register_method"]
 # save_compressed / load_compressed import orbax: re-exported lazily below.
 
 

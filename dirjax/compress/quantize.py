@@ -1,4 +1,4 @@
-"""Quantised embedding tables, budget-matched in BYTES (issue 6).
+"""Quantised embedding tables, budget-matched in BYTES.
 
 A table `[V, d]` is stored as, per row v, `bits[v]`-bit codes in groups of `group` columns, each
 group with an fp16 scale and offset (asymmetric uniform levels):
@@ -13,9 +13,11 @@ Options, each measured in `bench/quality_explore.py`:
            (the seed), not d*d floats. For the tied head it folds: h @ E^T = (h R) Y^T.
   center   subtract the mean row first (d fp32), which dominates SmolLM2's spectrum.
   clip     per group, search the range shrink that minimises the squared error (vs min/max).
-  counts   token counts `[V]` on calibration text: mixed precision, bits per row chosen by a
-           Lagrangian allocation that minimises the frequency-weighted squared error under the
-           byte budget (frequent rows precise, the long tail coarse).
+  allocation  how bits are shared among rows: "uniform" (the same width for every row),
+           "error" (a Lagrangian allocation minimising the total squared error under the byte
+           budget, which spends it exactly) or "frequency" (the same, each row's error weighted
+           by its token count `counts [V]` on calibration text: frequent rows precise, the long
+           tail coarse).
   hidden   final hidden states `[N, d]` on calibration text: GPTQ on the table seen as the tied
            head's weight (logits h @ E^T), minimising E[(h . (e_v - q_v))^2] per row.
 
@@ -24,9 +26,9 @@ and offset), V/2 for the per-row bit widths when they vary (4 bits each), 4*d fo
 centred, 8 for the rotation seed when rotated. In memory the codes are unpacked uint8 `[V, d]`.
 rate = V * d * 4 / storage_bytes().
 
-Registered methods (dirjax.compress.METHODS): quant (rotate + center + clip, widths by error,
-preset rot_fill), quant_freq (widths by calibration frequency, rot_mixed), quant_gptq
-(quant_freq + GPTQ on calibration hidden states, rot_mixed_gptq). SmolLM2-135M at rate 10,
+Registered methods (dirjax.compress.METHODS): quant (rotate + center + clip, allocation
+"error"), quant_freq (allocation "frequency"), quant_gptq (quant_freq + GPTQ on calibration
+hidden states, head_weight 0.5). Other combinations: bench/quality_explore.py. SmolLM2-135M at rate 10,
 4k tokens of WikiText-2 test, input + tied head replaced (original 30.64): plain int3 RTN
 141, + rotation and mean 46.6, + widths by error 40.8, + by frequency 34.3, + GPTQ 32.2;
 truncated SVD 36,406. On 16k tokens (original 28.82): quant_gptq 30.02, quant_freq 31.80.
@@ -263,14 +265,18 @@ def allocate_bits(errs: np.ndarray, weight: np.ndarray, d: int, budget_code_byte
 
 
 # ----------------------------------------------------------------------------- the method
+ALLOCATIONS = ("uniform", "error", "frequency")
+
+
 def quantize(table, *, rate: float, seed: int = 0, group: int | None = None, rotate: bool = True,
-             center: bool = True, clip: bool = True, counts=None, hidden=None, floor: float = 1.0,
-             head_weight: float = 0.0) -> QuantizedEmbedding:
+             center: bool = True, clip: bool = True, allocation: str = "uniform", counts=None,
+             hidden=None, floor: float = 1.0, head_weight: float = 0.0) -> QuantizedEmbedding:
     """Quantise `table [V, d]` into at most V*d*4/rate bytes.
 
     group: columns per scale/offset (default: the whole row, d).
-    counts `[V]`: calibration token counts -> mixed precision per row; row weight =
-      counts/sum + floor/V (floor keeps the tail, which every softmax sees, from collapsing).
+    allocation: "uniform" | "error" | "frequency" (module docstring); "frequency" needs
+      counts `[V]`, row weight = counts/sum + floor/V (floor keeps the tail, which every
+      softmax sees, from collapsing).
     hidden `[N, d]`: calibration final hidden states -> GPTQ with H = (1-a) I/d + a hh^T/tr,
       a = head_weight in [0, 1] (0 = plain squared error, the input side's metric).
     Deterministic per seed (the seed only draws the rotation).
@@ -282,8 +288,13 @@ def quantize(table, *, rate: float, seed: int = 0, group: int | None = None, rot
     group = d if group is None else int(group)
     if d % group:
         raise ConfigError(f"group {group} must divide d={d}")
+    if allocation not in ALLOCATIONS:
+        raise ConfigError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
+    if allocation == "frequency" and counts is None:
+        raise ConfigError("allocation 'frequency' needs counts= (token counts [V] on calibration "
+                          "text disjoint from the evaluation text; dirjax.compress.calib)")
     budget = int(v * d * 4 / rate)
-    mixed = counts is not None
+    mixed = allocation != "uniform"
     fixed = overhead_bytes(v, d, group, mixed=mixed, mean=center, rotate=rotate)
     code_budget = budget - fixed
     mean = t.mean(0) if center else None
@@ -296,7 +307,7 @@ def quantize(table, *, rate: float, seed: int = 0, group: int | None = None, rot
         for b in range(1, MAX_BITS + 1):
             c, s, o = quantize_rows(y, np.full(v, b), group, clip)
             errs[:, b] = ((dequantize(c, s, o, group) - y) ** 2).sum(1)
-        w = np.asarray(counts, np.float64)
+        w = np.ones(v) if allocation == "error" else np.asarray(counts, np.float64)
         w = w / max(w.sum(), 1.0) + floor / v
         bits = allocate_bits(errs, w, d, code_budget)
     else:
@@ -318,37 +329,67 @@ def quantize(table, *, rate: float, seed: int = 0, group: int | None = None, rot
 
 
 # ----------------------------------------------------------------------------- registered methods
-OPTIONS = ("group", "rotate", "center", "clip", "hidden", "floor", "head_weight")
+OPTIONS = ("seed", "group", "rotate", "center", "clip", "allocation", "floor")
 
 
-def _check(rate, rank, method, options):
-    if rank is not None or rate is None:
-        raise ConfigError(f"method {method} takes a rate (bytes), not a rank")
-    stray = sorted(set(options) - set(OPTIONS))
+def _check(method: str, options: dict, extra: tuple[str, ...] = ()) -> None:
+    known = OPTIONS + extra
+    stray = sorted(set(options) - set(known))
     if stray:
-        raise ConfigError(f"method {method}: unknown option(s) {', '.join(stray)}; "
-                          f"known: counts, seed, {', '.join(OPTIONS)}")
+        raise ConfigError(f"unknown option(s) for method '{method}': {', '.join(stray)} "
+                          f"(known: {', '.join(known)})")
+    if options.get("allocation", "error") not in ALLOCATIONS:
+        raise ConfigError(f"{method} option allocation must be one of {ALLOCATIONS}, "
+                          f"got {options['allocation']!r}")
+    hw = options.get("head_weight", 0.5)
+    if isinstance(hw, bool) or not isinstance(hw, (int, float)) or not 0 <= hw <= 1:
+        raise ConfigError(f"{method} option head_weight must be in [0, 1], got {hw!r}")
+
+
+def _rate(method: str, rate, rank) -> float:
+    if rank is not None or rate is None:
+        raise ConfigError(f"method {method} takes a rate (stored bytes), not a rank")
+    return rate
+
+
+def check_quant(options: dict) -> None:
+    _check("quant", options)
+
+
+def check_quant_freq(options: dict) -> None:
+    _check("quant_freq", options)
+
+
+def check_quant_gptq(options: dict) -> None:
+    _check("quant_gptq", options, ("head_weight",))
+
+
+def _counts(table, counts) -> np.ndarray:
+    if counts is None:
+        raise ConfigError("this method needs counts= (token counts [V] on calibration text "
+                          "disjoint from the evaluation text; dirjax.compress.calib)")
+    counts = np.asarray(counts, np.float64)
+    if counts.shape != (np.shape(table)[0],) or np.any(counts < 0):
+        raise DataError(f"counts must be [V={np.shape(table)[0]}] non-negative, got {counts.shape}")
+    return counts
 
 
 def quant_method(table, *, rate=None, rank=None, seed: int = 0, **options) -> QuantizedEmbedding:
     """`compress(table, rate=r, method="quant")`: rotation + mean row + per-row int-b codes,
     bits per row allocated by squared error so the byte budget is spent exactly."""
-    _check(rate, rank, "quant", options)
-    return quantize(table, rate=rate, seed=seed, counts=np.ones(np.shape(table)[0]), **options)
+    check_quant(options)
+    options.setdefault("allocation", "error")
+    return quantize(table, rate=_rate("quant", rate, rank), seed=seed, **options)
 
 
 def quant_freq_method(table, *, rate=None, rank=None, seed: int = 0, counts=None,
                       **options) -> QuantizedEmbedding:
     """`compress(table, rate=r, method="quant_freq", counts=[V])`: bits per row by token
     frequency on calibration text (see `dirjax.compress.calib.collect`)."""
-    _check(rate, rank, "quant_freq", options)
-    if counts is None:
-        raise ConfigError("method quant_freq needs counts= (token counts [V] on calibration "
-                          "text disjoint from the evaluation text; dirjax.compress.calib)")
-    counts = np.asarray(counts, np.float64)
-    if counts.shape != (np.shape(table)[0],) or np.any(counts < 0):
-        raise DataError(f"counts must be [V={np.shape(table)[0]}] non-negative, got {counts.shape}")
-    return quantize(table, rate=rate, seed=seed, counts=counts, **options)
+    check_quant_freq(options)
+    options.setdefault("allocation", "frequency")
+    return quantize(table, rate=_rate("quant_freq", rate, rank), seed=seed,
+                    counts=_counts(table, counts), **options)
 
 
 def quant_gptq_method(table, *, rate=None, rank=None, seed: int = 0, counts=None, hidden=None,
@@ -356,44 +397,14 @@ def quant_gptq_method(table, *, rate=None, rank=None, seed: int = 0, counts=None
     """`compress(..., method="quant_gptq", counts=[V], hidden=[N, d])`: quant_freq's widths,
     codes chosen by GPTQ against H = (1-a) I/d + a E[h h^T]/tr, a = head_weight: half plain
     squared error (the input side), half the tied head's logit error on calibration states."""
+    check_quant_gptq(options)
+    rate = _rate("quant_gptq", rate, rank)
     if hidden is None:
         raise ConfigError("method quant_gptq needs hidden= (final hidden states [N, d] of the "
                           "original model on calibration text; dirjax.compress.calib)")
     hidden = np.asarray(hidden, np.float32)
     if hidden.ndim != 2 or hidden.shape[1] != np.shape(table)[1] or not np.all(np.isfinite(hidden)):
         raise DataError(f"hidden must be finite [N, d={np.shape(table)[1]}], got {hidden.shape}")
-    return quant_freq_method(table, rate=rate, rank=rank, seed=seed, counts=counts,
-                             hidden=hidden, head_weight=head_weight, **options)
-
-
-def _preset(**fixed):
-    def f(table, *, rate, counts=None, hidden=None, **kw):
-        opts = dict(fixed)
-        use = opts.pop("use_counts", False)
-        if use == "flat":            # allocate bits by error alone: fills the budget exactly
-            counts = np.ones(table.shape[0])
-        elif not use:
-            counts = None
-        if not opts.pop("use_hidden", False):
-            hidden = None
-        opts.update(kw)
-        return quantize(table, rate=rate, counts=counts, hidden=hidden, **opts)
-    return f
-
-
-# Presets compared by bench/quality_explore.py (name -> function(table, rate, counts, hidden)).
-EXPLORE = {
-    "rtn_row": _preset(rotate=False, center=False, clip=False),
-    "rtn_row_clip": _preset(rotate=False, center=False),
-    "rtn_g64_clip": _preset(rotate=False, center=False, group=64),
-    "rot": _preset(center=False),
-    "rot_center": _preset(),
-    "mixed": _preset(rotate=False, center=False, use_counts=True),
-    "rot_mixed": _preset(use_counts=True),
-    "rot_fill": _preset(use_counts="flat"),
-    "rot_mixed_f4": _preset(use_counts=True, floor=4.0),
-    "rot_mixed_f025": _preset(use_counts=True, floor=0.25),
-    "rot_gptq": _preset(use_hidden=True, head_weight=0.5),
-    "rot_gptq_head": _preset(use_hidden=True, head_weight=0.95),
-    "rot_mixed_gptq": _preset(use_counts=True, use_hidden=True, head_weight=0.5),
-}
+    options.setdefault("allocation", "frequency")
+    return quantize(table, rate=rate, seed=seed, counts=_counts(table, counts), hidden=hidden,
+                    head_weight=head_weight, **options)

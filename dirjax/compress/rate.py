@@ -8,6 +8,7 @@ V*k + k*d + d numbers instead of V*d, so
 from __future__ import annotations
 
 import math
+import numbers
 
 from dirjax.errors import ConfigError
 
@@ -21,8 +22,7 @@ def rate_for_rank(vocab_size: int, features: int, rank: int) -> float:
 
 def rank_for_rate(vocab_size: int, features: int, rate: float) -> int:
     """The largest rank k whose rate is at least `rate`: k = floor((V*d/rate - d) / (V + d))."""
-    if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
-        raise ConfigError(f"rate must be a positive number, got {rate!r}")
+    rate = check_rate(rate, above=0.0)
     v, d = vocab_size, features
     k = math.floor((v * d / rate - d) / (v + d) + 1e-9)  # 1e-9: rate_for_rank(k) itself maps back to k
     if k < 1:
@@ -34,10 +34,20 @@ def rank_for_rate(vocab_size: int, features: int, rate: float) -> int:
     return k
 
 
+def check_rate(rate, above: float = 1.0) -> float:
+    """`rate` as a float if it is a finite real number > `above` (numpy scalars too), else
+    ConfigError. A compression rate is > 1: rate 1 stores the table as it is."""
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not math.isfinite(rate) \
+            or rate <= above:
+        raise ConfigError(f"rate must be a finite number > {above:g}, got {rate!r}")
+    return float(rate)
+
+
 def check_rank(vocab_size: int, features: int, rank) -> int:
-    """`rank` itself if 1 <= rank < features, else ConfigError."""
-    if isinstance(rank, bool) or not isinstance(rank, int):
+    """`rank` as an int if 1 <= rank < features (numpy integers too), else ConfigError."""
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
         raise ConfigError(f"rank must be an integer, got {rank!r}")
+    rank = int(rank)
     if rank < 1:
         raise ConfigError(f"rank {rank} < 1")
     if rank >= features:

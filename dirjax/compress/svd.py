@@ -1,7 +1,9 @@
-"""Truncated SVD of a table: codes = U_k S_k `[V, k]`, decoder = V_k^T `[k, d]`, bias 0.
+"""Truncated SVD of a table: codes = U_k S_k `[V, k]`, decoder = V_k^T `[k, d]`, bias 0: the
+`svd` method, the baseline every other method is measured against.
 
-Small tables get the exact SVD (`jnp.linalg.svd`, full_matrices=False); above
-`exact_max_elements` the randomized SVD of Halko, Martinsson & Tropp (2011, alg. 4.4) with
+A baseline must be the best version of itself, so every table that fits gets the exact SVD
+(`jnp.linalg.svd`, full_matrices=False: 2-3 s for SmolLM2's 49152 x 576 on 2 CPU cores); above
+`EXACT_MAX_ELEMENTS` (1 GiB of fp32) the randomized SVD of Halko, Martinsson & Tropp (2011, alg. 4.4) with
 `n_iter` power iterations, re-orthonormalised each half step (Gram eigh, not QR: see
 `orthonormalize`), and a fixed key. The randomized one reads the table in place: no
 copy of `[V, d]` is made (262144 x 2048 at rank 203: peak +0.5 GiB over the 2 GiB
@@ -14,8 +16,14 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-# LAPACK's SVD of a 49152 x 576 table takes ~15 s of CPU; the randomized one ~1 s.
-EXACT_MAX_ELEMENTS = 1 << 22  # 4.2 M numbers, e.g. 8192 x 512
+from dirjax.compress.lowrank import CompressedEmbedding
+from dirjax.compress.rate import resolve_rank
+from dirjax.errors import ConfigError
+
+# Exact up to 2^28 numbers (1 GiB of fp32: Gemma 3's 262144 x 640 is 2^27.3); the randomized
+# one beyond, where U alone would not fit comfortably. Each result records which was used.
+EXACT_MAX_ELEMENTS = 1 << 28
+OPTIONS = ("exact", "n_iter", "oversample", "seed")
 
 
 @partial(jax.jit, static_argnames=("rank",))
@@ -65,10 +73,41 @@ def svd_factors(table, rank: int, *, exact=None, n_iter: int = 4, oversample: in
                 seed: int = 0, exact_max_elements: int = EXACT_MAX_ELEMENTS):
     """Rank-`rank` factors of `table [V, d]`: (codes `[V, k]`, weight `[k, d]`).
 
-    exact=None picks the exact SVD for tables of at most `exact_max_elements` numbers.
+    exact=None picks the exact SVD for tables of at most `exact_max_elements` numbers
+    (`solver(...)` says which one a table gets).
     """
-    if exact is None:
-        exact = table.shape[0] * table.shape[1] <= exact_max_elements
-    if exact:
+    if solver(table.shape, exact, exact_max_elements) == "exact":
         return exact_svd(table, rank)
     return randomized_svd(table, jax.random.PRNGKey(seed), rank, n_iter, oversample)
+
+
+def solver(shape, exact=None, exact_max_elements: int = EXACT_MAX_ELEMENTS) -> str:
+    """"exact" or "randomized": the SVD a `[V, d]` table gets."""
+    if exact is None:
+        exact = shape[0] * shape[1] <= exact_max_elements
+    return "exact" if exact else "randomized"
+
+
+def check_options(options: dict) -> None:
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown option(s) for method 'svd': {', '.join(unknown)} "
+                          f"(known: {', '.join(OPTIONS)})")
+    if options.get("exact") not in (None, True, False):
+        raise ConfigError(f"svd option exact must be true, false or None, got {options['exact']!r}")
+    for name in ("n_iter", "oversample", "seed"):
+        value = options.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"svd option {name} must be a non-negative integer, got {value!r}")
+
+
+def svd_method(table, *, rate=None, rank=None, n_iter: int = 4, oversample: int = 10,
+               exact=None, seed: int = 0) -> CompressedEmbedding:
+    """Truncated SVD: codes = U_k S_k, weight = V_k^T, bias 0; meta records the solver."""
+    k = resolve_rank(*table.shape, rate=rate, rank=rank)
+    used = solver(table.shape, exact)
+    codes, weight = svd_factors(table, k, exact=used == "exact", n_iter=n_iter,
+                                oversample=oversample, seed=seed)
+    meta = {"solver": used} if used == "exact" else {"solver": used, "n_iter": n_iter,
+                                                     "oversample": oversample, "seed": seed}
+    return CompressedEmbedding(codes, weight, method="svd", meta=meta)

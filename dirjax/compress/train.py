@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from functools import partial
 
 import jax
@@ -36,13 +36,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from dirjax.compress import autoencoder as ae
 from dirjax.errors import ConfigError
 
-# XLA:CPU flags: XNNPACK kernels instead of Eigen for the small matmuls of batch-32 steps
-# (~1.6x faster steps here), and 512-bit vectors where the CPU has them for the loss's
-# log/exp over [B, d] (~5% faster large-batch epochs on this AVX-512 machine; a preference,
-# harmless elsewhere). XLA reads XLA_FLAGS when JAX starts its backend, so a program that
-# wants them (run.py, the benches) appends them to os.environ["XLA_FLAGS"] before its first
-# JAX computation. Results agree with the default kernels to fp32 rounding.
-FAST_CPU_XLA_FLAGS = "--xla_cpu_use_xnnpack=true --xla_cpu_prefer_vector_width=512"
+from dirjax.compress.lowrank import CompressedEmbedding
+from dirjax.compress.rate import resolve_rank
+from dirjax.runtime import FAST_CPU_XLA_FLAGS  # noqa: F401  (the benches import it from here)
 
 
 @dataclass
@@ -69,14 +65,24 @@ class AEOptions:
     stop_after_epochs: int | None = None  # end early (a stand-in for a killed run)
     unroll: int = 1                 # lax.scan unroll factor
     devices: object = None          # devices of the mesh; default jax.devices()
-    log: list = field(default_factory=list)  # filled with one dict per epoch
 
     @classmethod
     def from_kwargs(cls, **kw) -> "AEOptions":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(kw) - known)
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(kw) - set(known))
         if unknown:
-            raise ConfigError(f"unknown option(s) for method 'ae': {', '.join(unknown)}")
+            raise ConfigError(f"unknown option(s) for method 'ae': {', '.join(unknown)} "
+                              f"(known: {', '.join(known)})")
+        for name in ("epochs", "batch_size", "checkpoint_every", "seed", "unroll"):
+            value = kw.get(name, 1)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ConfigError(f"ae option {name} must be an integer, got {value!r}")
+        for name in ("lr", "lr_decay", "w_cos", "w_rec", "alpha_start", "alpha_end",
+                     "anneal_fraction"):
+            value = kw.get(name, 1.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not np.isfinite(value):
+                raise ConfigError(f"ae option {name} must be a finite number, got {value!r}")
         opts = cls(**kw)
         opts.hidden = tuple(opts.hidden)
         if opts.epochs < 1 or opts.batch_size < 1 or opts.checkpoint_every < 1:
@@ -205,26 +211,50 @@ def _checkpoint_manager(workdir: str, every: int):
 
 
 def _restore(manager, target: dict) -> dict | None:
-    """The latest checkpoint laid out like `target` (shardings included), or None."""
+    """The newest readable checkpoint laid out like `target` (shardings included), or None.
+
+    A checkpoint that cannot be read (a kill or a full disk truncated its files) is skipped
+    with a warning and the one before it is used: `max_to_keep=2` keeps one to fall back on.
+    """
     import orbax.checkpoint as ocp
-    step = manager.latest_step()
-    if step is None:
-        return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    another_run = f"{manager.directory} holds a checkpoint of another run (use a fresh workdir)"
-    # Shapes are compared first: a restore that fails half-way leaves Orbax's background
-    # reads running, and they print tracebacks into the user's session long after the error.
-    saved = getattr(manager.item_metadata(step), "tree", None)
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            saved = getattr(manager.item_metadata(step), "tree", None)
+        except Exception as e:   # unreadable metadata: a damaged checkpoint
+            _warn_skipped(manager, step, e)
+            continue
+        _check_same_run(manager, saved, abstract)
+        try:
+            return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except (ValueError, KeyError, TypeError) as e:  # same shapes, another tree
+            raise ConfigError(f"{_another_run(manager)}: {str(e).splitlines()[0][:200]}") from None
+        except Exception as e:   # truncated or missing array files
+            _warn_skipped(manager, step, e)
+    return None
+
+
+def _another_run(manager) -> str:
+    return f"{manager.directory} holds a checkpoint of another run (use a fresh workdir)"
+
+
+def _check_same_run(manager, saved, abstract) -> None:
+    """ConfigError unless the checkpoint's leaf shapes are this run's. Compared before any
+    restore: a restore that fails half-way leaves Orbax's background reads running, and they
+    print tracebacks into the user's session long after the error."""
     if saved is None or _shapes(saved) != _shapes(abstract):
         def biggest(shapes):
             return ", ".join(map(str, sorted(set(shapes), key=np.prod, reverse=True)[:3]))
-        raise ConfigError(f"{another_run}: its largest arrays are "
+        raise ConfigError(f"{_another_run(manager)}: its largest arrays are "
                           f"{biggest(_shapes(saved)) if saved else '?'}; this run's "
                           f"{biggest(_shapes(abstract))}")
-    try:
-        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except (ValueError, KeyError, TypeError) as e:  # same shapes, another tree
-        raise ConfigError(f"{another_run}: {str(e).splitlines()[0][:200]}") from None
+
+
+def _warn_skipped(manager, step: int, error: Exception) -> None:
+    import warnings
+    warnings.warn(f"AE checkpoint {manager.directory}/{step} is unreadable "
+                  f"({type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}); "
+                  "falling back to an older one", RuntimeWarning, stacklevel=3)
 
 
 def _shapes(tree) -> list[tuple]:
@@ -274,7 +304,9 @@ def setup_training(table, rank: int, opts: AEOptions, svd_init=None, loss=ae.dir
 
 
 def train_autoencoder(table, rank: int, opts: AEOptions, svd_init=None):
-    """Train on `table [V, d]`; return (codes `[V, k]`, weight `[k, d]`, bias `[d]`) as host arrays.
+    """Train on `table [V, d]`; return (codes `[V, k]`, weight `[k, d]`, bias `[d]`, log) as
+    host arrays, log = one dict per epoch (loss, cos, alpha, lr; seconds for the epochs run by
+    this process). A resumed run's log holds the epochs before the kill too.
 
     `svd_init`: (codes, V_k^T) to start from when opts.init == "svd".
     """
@@ -282,17 +314,20 @@ def train_autoencoder(table, rank: int, opts: AEOptions, svd_init=None):
     graphdef, state, opt_state, epoch_fn, table, row_w = setup_training(table, rank, opts, svd_init)
 
     manager = _checkpoint_manager(opts.workdir, opts.checkpoint_every) if opts.workdir else None
+    # per-epoch loss and cosine travel in the checkpoint, so a resumed run reports them all
+    history = np.full((opts.epochs, 2), np.nan, np.float32)
     start = 0
     try:
         if manager is not None:
-            restored = _restore(manager, {"params": state, "opt_state": opt_state,
-                                          "epoch": 0, "seed": opts.seed})
+            restored = _restore(manager, {"params": state, "opt_state": opt_state, "epoch": 0,
+                                          "seed": opts.seed, "history": history})
             if restored is not None:
                 if int(restored["seed"]) != opts.seed:
                     raise ConfigError(f"{opts.workdir} holds a run with seed {restored['seed']}")
                 state, opt_state = restored["params"], restored["opt_state"]
-                start = int(restored["epoch"])
-        state = run_epochs(epoch_fn, state, opt_state, table, row_w, start, manager, opts)
+                start, history = int(restored["epoch"]), np.array(restored["history"])
+        state, seconds = run_epochs(epoch_fn, state, opt_state, table, row_w, start, manager,
+                                    opts, history)
     finally:
         if manager is not None:
             manager.wait_until_finished()
@@ -300,17 +335,24 @@ def train_autoencoder(table, rank: int, opts: AEOptions, svd_init=None):
 
     codes = gather_rows(encode_table(graphdef, state, table), num_rows)
     model = nnx.merge(graphdef, jax.device_get(state))
-    return codes, np.asarray(model.decoder.kernel[...]), np.asarray(model.decoder.bias[...])
+    log = [{"epoch": e + 1, "loss": float(history[e, 0]), "cos": float(history[e, 1]),
+            "alpha": ae.alpha_at(e, opts.epochs, opts.alpha_start, opts.alpha_end,
+                                 opts.anneal_fraction),
+            "lr": ae.lr_at(e, opts.lr, opts.lr_decay, opts.lr_decay_every), **seconds.get(e, {})}
+           for e in range(opts.epochs) if np.isfinite(history[e, 0])]
+    return codes, np.asarray(model.decoder.kernel[...]), np.asarray(model.decoder.bias[...]), log
 
 
-def run_epochs(epoch_fn, state, opt_state, table, row_w, start, manager, opts):
-    """Epochs `start`..end with progress and checkpoints; returns the trained params."""
+def run_epochs(epoch_fn, state, opt_state, table, row_w, start, manager, opts, history):
+    """Epochs `start`..end with progress and checkpoints; fills `history [epochs, 2]` (loss,
+    cos) and returns (the trained params, {epoch: {"seconds", "cpu_seconds"}})."""
     from tqdm.auto import tqdm
 
     last = opts.epochs if opts.stop_after_epochs is None else min(opts.epochs, opts.stop_after_epochs)
     bar = tqdm(total=opts.epochs, initial=start, desc="ae epochs", unit="epoch",
                disable=not opts.progress or jax.process_index() != 0)
     base_key = jax.random.PRNGKey(opts.seed)
+    seconds = {}
     try:
         for e in range(start, last):
             tic, cpu_tic = time.perf_counter(), time.process_time()
@@ -319,16 +361,37 @@ def run_epochs(epoch_fn, state, opt_state, table, row_w, start, manager, opts):
             state, opt_state, loss, cos = epoch_fn(
                 state, opt_state, table, row_w, jax.random.fold_in(base_key, e),
                 jnp.float32(alpha), jnp.float32(lr))
-            loss, cos = float(loss), float(cos)
-            opts.log.append({"epoch": e + 1, "loss": loss, "cos": cos, "alpha": alpha, "lr": lr,
-                             "seconds": time.perf_counter() - tic,
-                             "cpu_seconds": time.process_time() - cpu_tic})
-            bar.set_postfix(loss=f"{loss:.5f}", cos=f"{cos:.4f}")
+            history[e] = float(loss), float(cos)
+            seconds[e] = {"seconds": time.perf_counter() - tic,
+                          "cpu_seconds": time.process_time() - cpu_tic}
+            bar.set_postfix(loss=f"{float(loss):.5f}", cos=f"{float(cos):.4f}")
             bar.update(1)
             if manager is not None:
                 import orbax.checkpoint as ocp
                 manager.save(e + 1, args=ocp.args.StandardSave(
-                    {"params": state, "opt_state": opt_state, "epoch": e + 1, "seed": opts.seed}))
+                    {"params": state, "opt_state": opt_state, "epoch": e + 1, "seed": opts.seed,
+                     "history": history}))
     finally:
         bar.close()
-    return state
+    return state, seconds
+
+
+def check_options(options: dict) -> None:
+    """ConfigError on an unknown or bad option of method 'ae' (see `AEOptions`)."""
+    AEOptions.from_kwargs(**options)
+
+
+def ae_method(table, *, rate=None, rank=None, **options) -> CompressedEmbedding:
+    """The direction AutoEncoder (see `AEOptions` for the options and their defaults)."""
+    from dirjax.compress.svd import solver, svd_factors
+    k = resolve_rank(*table.shape, rate=rate, rank=rank)
+    opts = AEOptions.from_kwargs(**options)
+    svd_init = svd_factors(table, k) if opts.init == "svd" else None
+    codes, weight, bias, log = train_autoencoder(table, k, opts, svd_init=svd_init)
+    meta = {"epochs": opts.epochs, "batch_size": opts.batch_size, "seed": opts.seed,
+            "init": opts.init, "hidden": list(opts.hidden),
+            "final_loss": log[-1]["loss"] if log else None, "epochs_run": len(log),
+            "log": [{k: v for k, v in r.items() if k in ("epoch", "loss", "cos")} for r in log]}
+    if opts.init == "svd":
+        meta["solver"] = solver(table.shape)
+    return CompressedEmbedding(codes, weight, bias, method="ae", meta=meta)

@@ -30,10 +30,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from dirjax.errors import ConfigError, DataError
-
-# padded lengths of variable-length batches: one compile per bucket
-BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
-
+from dirjax.evaluate.batching import bucket_batches, jit_on_model, pad_rows, run_batches
 
 def tokenize_stream(tokenizer, text: str, max_tokens: int = 0) -> np.ndarray:
     """Token ids `[N]` int32 of `text` as one stream, no special tokens (no BOS); first `max_tokens`."""
@@ -91,31 +88,6 @@ def _causal_nll(graphdef, state, tokens, mask, weights):
     return jnp.where(weights[:, 1:] > 0, nll, 0.0).sum(axis=1)
 
 
-def jit_on_model(fn, model):
-    """(jitted fn(state, *arrays), state) for `fn(graphdef, state, *arrays)` on `model`.
-
-    The graph definition is closed over rather than a static argument: a module may hold
-    unhashable static data (e.g. a dict of metrics), and one evaluation is one compile anyway.
-    """
-    graphdef, state = nnx.split(model)
-    return jax.jit(lambda st, *arrays: fn(graphdef, st, *arrays)), state
-
-
-def _run_batches(fn, model, arrays, batch_size: int, desc: str, progress: bool) -> np.ndarray:
-    """fn(graphdef, state, *batch) -> [B] over rows of `arrays`, padding the last batch."""
-    step, state = jit_on_model(fn, model)
-    n = len(arrays[0])
-    out = []
-    for start in tqdm(range(0, n, batch_size), desc=desc, leave=False, disable=not progress):
-        batch = [a[start:start + batch_size] for a in arrays]
-        short = batch_size - len(batch[0])
-        if short:
-            # dummy rows: mask 1 so no row is fully masked (softmax of all -inf is nan)
-            batch = [np.concatenate([b, np.ones((short, *b.shape[1:]), b.dtype)]) for b in batch]
-        out.append(np.asarray(step(state, *batch))[:batch_size - short])
-    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
-
-
 def causal_perplexity(model, ids, *, max_length: int = 512, stride: int | None = None,
                       batch_size: int = 4, progress: bool = True) -> dict:
     """Sliding-window perplexity of a causal LM over the token stream `ids [N]`."""
@@ -123,7 +95,7 @@ def causal_perplexity(model, ids, *, max_length: int = 512, stride: int | None =
     if len(ids) < 2:
         raise DataError(f"need at least 2 tokens to measure perplexity, got {len(ids)}")
     tokens, mask, weights = window_arrays(ids, max_length, stride or max_length)
-    sums = _run_batches(_causal_nll, model, (tokens, mask, weights), batch_size,
+    sums = run_batches(_causal_nll, model, (tokens, mask, weights), batch_size,
                         "perplexity", progress)
     count = int(weights[:, 1:].sum())
     nll = float(sums.sum() / count)
@@ -191,22 +163,6 @@ def mask_lines(tokenizer, lines: list[str], *, probability: float = 0.15, min_to
         masked[positions] = tokenizer.mask_token_id
         examples.append(MaskedExample(masked, labels))
     return examples
-
-
-def bucket_batches(lengths: list[int], batch_size: int):
-    """Batches of indices, sorted by length, each with its padded length from BUCKETS."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        longest = max(lengths[i] for i in idx)
-        yield idx, next((b for b in BUCKETS if b >= longest), longest)
-
-
-def pad_rows(rows: list[np.ndarray], length: int, value: int) -> np.ndarray:
-    out = np.full((len(rows), length), value, np.int32)
-    for r, row in enumerate(rows):
-        out[r, :len(row)] = row
-    return out
 
 
 def _masked_nll(graphdef, state, tokens, mask, labels):

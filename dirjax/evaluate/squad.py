@@ -1,4 +1,5 @@
-"""SQuAD v1.1: examples, feature windows, n-best span decoding and the official EM / F1.
+"""SQuAD v1.1 scoring: feature windows, n-best span decoding and the official EM / F1
+(the examples themselves: `dirjax.data.squad`).
 
 Windows follow the Hugging Face `run_qa` convention: `[CLS] question [SEP] context [SEP]` of
 at most `max_length` (384) tokens; a context too long for one window is cut into windows that
@@ -10,23 +11,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import re
 import string
-from pathlib import Path
 
 import numpy as np
 
-from dirjax.errors import DataError
-
-
-@dataclasses.dataclass
-class Example:
-    id: str
-    question: str
-    context: str
-    answers: list[str]          # gold answer texts (dev: usually 3)
-    answer_start: int = -1      # character start of the first answer (training)
+from dirjax.data.squad import Example
 
 
 @dataclasses.dataclass
@@ -41,26 +31,6 @@ class Features:
 
     def __len__(self) -> int:
         return len(self.input_ids)
-
-
-def load(path: str | Path) -> list[Example]:
-    """Examples of an official SQuAD v1.1 JSON file (`dev-v1.1.json`)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"missing SQuAD file {path}")
-    try:
-        articles = json.loads(path.read_text(encoding="utf-8"))["data"]
-    except (json.JSONDecodeError, KeyError) as e:
-        raise DataError(f"{path} is not a SQuAD JSON file: {e}") from None
-    out = []
-    for article in articles:
-        for para in article["paragraphs"]:
-            for qa in para["qas"]:
-                answers = qa["answers"]
-                out.append(Example(qa["id"], qa["question"], para["context"],
-                                   [a["text"] for a in answers],
-                                   answers[0]["answer_start"] if answers else -1))
-    return out
 
 
 def featurize(examples: list[Example], tokenizer, max_length: int = 384,

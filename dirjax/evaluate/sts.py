@@ -12,7 +12,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from dirjax.errors import DataError
-from dirjax.evaluate.perplexity import bucket_batches, jit_on_model, pad_rows
+from dirjax.evaluate.batching import bucket_batches, jit_on_model, pad_rows
 from dirjax.models.heads import mean_pool
 
 

@@ -132,6 +132,8 @@ class Layer(nnx.Module):
 class Bert(nnx.Module):
     """BERT encoder with optional pooler and MLM head. `embedding` (word embeddings) is swappable."""
 
+    objective = "masked"   # what its LM head predicts (causal models: "causal")
+
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
         cfg = self.config = config
         d = cfg.hidden_size
@@ -186,13 +188,6 @@ class Bert(nnx.Module):
         h = self.encode(ids, attention_mask, token_type_ids)
         h = self.mlm_ln(ACTIVATIONS[self.config.activation](self.mlm_dense(h)))
         return self.out_embedding.attend(h) + self.mlm_bias[...].astype(h.dtype)
-
-
-def mean_pool(h: jax.Array, mask: jax.Array) -> jax.Array:
-    """Sentence embeddings `[B, d]`: mean of h `[B, T, d]` over the positions where mask `[B, T]`
-    is 1 (sentence-transformers' mean pooling)."""
-    m = mask.astype(h.dtype)[..., None]
-    return (h * m).sum(axis=1) / jnp.maximum(m.sum(axis=1), 1e-9)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -20,6 +20,8 @@ from flax import nnx
 
 from dirjax.errors import ConfigError
 
+POOLINGS = ("pooler", "cls", "mean")
+
 
 def dropout(x: jax.Array, rate: float, key) -> jax.Array:
     """Inverted dropout; identity when `key` is None or `rate` is 0."""
@@ -43,7 +45,7 @@ class SequenceHead(nnx.Module):
         has_pooler = getattr(backbone, "pooler", None) is not None
         if pooling == "auto":  # the pretrained pooler when the checkpoint has one (BertModel)
             pooling = "pooler" if has_pooler else "cls"
-        if pooling not in ("pooler", "cls", "mean"):
+        if pooling not in POOLINGS:
             raise ConfigError(f"pooling must be 'auto', 'pooler', 'cls' or 'mean', got {pooling!r}")
         if pooling == "pooler" and not has_pooler:
             raise ConfigError(f"this {type(backbone).__name__} has no pooler; use pooling='cls' or 'mean'")

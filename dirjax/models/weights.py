@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Callable
 
@@ -102,8 +103,18 @@ def cast_params(model: nnx.Module, dtype) -> None:
             node.set_value(node[...].astype(dtype))
 
 
+# one of these makes a directory a tokenizer; without any, transformers would build a
+# placeholder with a one-token or default vocabulary and every score would be garbage
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
+
+# `load_model(..., tokenizer=SOURCE)` sets this while the model file loads: the tokenizer comes
+# from SOURCE (a directory or Hub id) instead of the checkpoint directory
+TOKENIZER_SOURCE: ContextVar[str | None] = ContextVar("TOKENIZER_SOURCE", default=None)
+
+
 def load_tokenizer(path: Path, default_class: str | None = None):
-    """The fast tokenizer of the checkpoint directory `path`, made `pad_right`.
+    """The fast tokenizer of the checkpoint directory `path` (or of `TOKENIZER_SOURCE` when
+    set), made `pad_right`. A directory without tokenizer files is a WeightsError.
 
     The class is the one named in tokenizer_config.json (else `default_class`, else
     AutoTokenizer), rather than always AutoTokenizer, whose config machinery imports torch
@@ -111,6 +122,16 @@ def load_tokenizer(path: Path, default_class: str | None = None):
     """
     import transformers
 
+    override = TOKENIZER_SOURCE.get()
+    if override is not None:
+        path = Path(override)
+        if not path.is_dir():   # a Hub id: its tokenizer files only
+            from dirjax.models import download
+            path = download(override, patterns=["*.json", "*.txt", "*.model", "tokenizer*"])
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise WeightsError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): "
+                           "add them, or name a tokenizer (config.tokenizer / "
+                           "load_model(..., tokenizer=DIR_OR_HUB_ID))")
     config_file = path / "tokenizer_config.json"
     try:
         name = (json.loads(config_file.read_text()).get("tokenizer_class")
@@ -122,6 +143,8 @@ def load_tokenizer(path: Path, default_class: str | None = None):
         tok = (cls or transformers.AutoTokenizer).from_pretrained(str(path))
     except (OSError, ValueError, TypeError) as e:
         raise WeightsError(f"{path}: cannot load the tokenizer: {str(e).splitlines()[0]}") from None
+    if len(tok) < 2:
+        raise WeightsError(f"{path}: the tokenizer has {len(tok)} token(s): not a usable tokenizer")
     return pad_right(tok)
 
 

@@ -1,9 +1,8 @@
-"""Evaluation data: by Hugging Face Hub name, from local files under a data dir, or offline prose.
+"""Evaluation texts: WikiText by Hub name or from local files under a data dir, or offline prose.
 
 Datasets (`name`, `split`):
   "wikitext-2-raw" ("test", "validation", "train")  one text; local file `wikitext-2-raw/test.txt`
   "wikitext-2"     ("test", "validation")            one text; local `wikitext-2/{test,valid}.txt`
-  "stsb"           ("validation", alias "dev")       sentence pairs; local `glue/STS-B/dev.tsv`
   "stdlib"         ("heldout", "train")              English prose of Python's `pydoc_data.topics`
 
 Where the files come from: the `data_dir` argument (config field) if set, else the environment
@@ -16,14 +15,11 @@ shared tokenised `wikitext-2/*.txt` hold one row per line and are joined the sam
 """
 from __future__ import annotations
 
-import csv
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-from dirjax.errors import ConfigError, DataError, MissingPackageError
-
-ENV_DATA_DIR = "DIRJAX_DATA_DIR"
+from dirjax.data.common import hub_dataset, resolve_data_dir
+from dirjax.errors import ConfigError, DataError
 
 # name -> (Hub path, Hub config, {split: local file under data_dir}). The raw file is already
 # the joined text; the tokenised files hold one row per line (" " for a blank row).
@@ -32,37 +28,13 @@ TEXTS = {
     "wikitext-2": ("wikitext", "wikitext-2-v1",
                    {"test": "wikitext-2/test.txt", "validation": "wikitext-2/valid.txt"}),
 }
-STS = {"stsb": ("glue", "stsb", {"validation": "glue/STS-B/dev.tsv"})}
 SPLIT_ALIASES = {"dev": "validation", "valid": "validation"}
-DATASETS = ("stdlib", *TEXTS, *STS)
 
 # The offline default text: `pydoc_data.topics.topics` values in sorted key order, joined with
 # blank lines. Held out = every fourth topic (sorted positions 3, 7, 11, ...: 19 topics,
 # 68k characters in Python 3.11); "train" = the rest,
 # a disjoint text for anything that must be fitted on text (e.g. token frequencies).
 STDLIB_HELDOUT_EVERY = 4
-
-
-@dataclass
-class SentencePairs:
-    """STS data: `sentence1[i]`, `sentence2[i]` and the gold similarity `score[i]` (0-5)."""
-    sentence1: list[str]
-    sentence2: list[str]
-    score: list[float]
-
-    def __len__(self) -> int:
-        return len(self.score)
-
-
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The local data folder: `data_dir` if given, else $DIRJAX_DATA_DIR, else None (Hub)."""
-    chosen = data_dir or os.environ.get(ENV_DATA_DIR) or None
-    if chosen is None:
-        return None
-    path = Path(chosen).expanduser()
-    if not path.is_dir():
-        raise DataError(f"data dir {chosen} does not exist (config data_dir or ${ENV_DATA_DIR})")
-    return path
 
 
 def normalise_split(name: str, split: str) -> str:
@@ -108,20 +80,6 @@ def _local_file(data_dir: Path, table: dict, name: str, split: str) -> Path:
     return path
 
 
-def _hub_dataset(path: str, config: str, split: str):
-    try:
-        import datasets
-    except ImportError:
-        raise MissingPackageError(
-            "reading datasets by Hub name needs the `datasets` package (pip install datasets), "
-            f"or point data_dir / ${ENV_DATA_DIR} at local files") from None
-    try:
-        return datasets.load_dataset(path, config, split=split)
-    except Exception as e:  # network, unknown name: the library raises many kinds
-        raise DataError(f"cannot load {path}/{config} [{split}] from the Hub: "
-                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-
-
 def load_text(name: str, split: str = "test", data_dir: str | os.PathLike | None = None) -> str:
     """One evaluation text (a token stream is cut from it): wikitext or stdlib prose."""
     split = normalise_split(name, split)
@@ -134,7 +92,7 @@ def load_text(name: str, split: str = "test", data_dir: str | os.PathLike | None
         text = _local_file(local, TEXTS, name, split).read_text(encoding="utf-8")
         return text if name == "wikitext-2-raw" else join_wikitext(rows_from_lines(text))
     hub_path, hub_config, _ = TEXTS[name]
-    return join_wikitext(list(_hub_dataset(hub_path, hub_config, split)["text"]))
+    return join_wikitext(list(hub_dataset(hub_path, hub_config, split)["text"]))
 
 
 def text_lines(text: str) -> list[str]:
@@ -142,38 +100,3 @@ def text_lines(text: str) -> list[str]:
     return [line.strip() for line in text.split("\n") if line.strip()]
 
 
-def read_sts_tsv(path: Path) -> SentencePairs:
-    """GLUE STS-B TSV: header with `sentence1`, `sentence2`, `score` columns; quotes literal."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, None)
-        need = ("sentence1", "sentence2", "score")
-        if header is None or any(c not in header for c in need):
-            raise DataError(f"{path}: expected a header with columns {', '.join(need)}")
-        i1, i2, iscore = (header.index(c) for c in need)
-        s1, s2, score = [], [], []
-        for lineno, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            try:
-                s1.append(row[i1]), s2.append(row[i2]), score.append(float(row[iscore]))
-            except (IndexError, ValueError):
-                raise DataError(f"{path}:{lineno}: malformed STS-B row") from None
-    if not score:
-        raise DataError(f"{path}: no rows")
-    return SentencePairs(s1, s2, score)
-
-
-def load_sts(name: str = "stsb", split: str = "validation",
-             data_dir: str | os.PathLike | None = None) -> SentencePairs:
-    """STS-B sentence pairs with gold scores (dev = "validation"; test has no public labels)."""
-    split = normalise_split(name, split)
-    if name not in STS:
-        raise ConfigError(f"unknown STS dataset {name!r} (known: {', '.join(STS)})")
-    local = resolve_data_dir(data_dir)
-    if local is not None:
-        return read_sts_tsv(_local_file(local, STS, name, split))
-    hub_path, hub_config, _ = STS[name]
-    ds = _hub_dataset(hub_path, hub_config, split)
-    return SentencePairs(list(ds["sentence1"]), list(ds["sentence2"]),
-                         [float(x) for x in ds["label"]])

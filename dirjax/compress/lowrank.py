@@ -1,0 +1,37 @@
+"""The compressed low-rank embedding that SVD and the direction AutoEncoder both produce."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from dirjax.embedding import Described, LowRankEmbedding, compression_rate
+
+
+class CompressedEmbedding(LowRankEmbedding, Described):
+    """A `LowRankEmbedding` (codes `[V, k]` @ weight `[k, d]` + bias `[d]`) that remembers how
+    it was made: `method`, `metrics` (see `reconstruction_metrics`) and free `meta`data."""
+
+    def __init__(self, codes, weight, bias=None, *, method: str = "svd",
+                 metrics: dict | None = None, meta: dict | None = None):
+        super().__init__(codes, weight, bias)
+        self.method = method
+        self.metrics = metrics
+        self.meta = meta
+
+    def export(self) -> tuple[dict, dict]:
+        """(arrays, static fields) for `store.save_compressed`."""
+        arrays = {n: np.asarray(getattr(self, n)[...]) for n in ("codes", "weight", "bias")}
+        return arrays, {"rank": self.rank}
+
+    @classmethod
+    def restore(cls, arrays: dict, static: dict, **described) -> "CompressedEmbedding":
+        return cls(arrays["codes"], arrays["weight"], arrays["bias"], **described)
+
+    @property
+    def rate(self) -> float:
+        """V*d / (V*k + k*d + d): the fp32 table's size over what is stored."""
+        return compression_rate(self)
+
+    def reconstruct(self) -> jax.Array:
+        """`[V, d]`."""
+        return self.table()
