@@ -1,0 +1,124 @@
+"""Exploration harness for issue 15 (SmolLM2-135M at rate 16 and 32): vector codes vs scalar.
+
+Prints a table: preset, target rate, rate in stored bytes against the fp32 table, perplexity
+on the first N tokens of WikiText-2 raw test with the input AND the tied head replaced
+("tied"), with the input only ("orig head", --orig), relative reconstruction error, seconds
+spent compressing, rows per tier. Calibration (token counts, 8,192 final hidden states of the
+original model) comes from WikiText-2 *valid* (tokenised), disjoint from the scored test text,
+and is cached under --cache. Windows of 512, no BOS (as configs/smollm2_wikitext.py).
+
+    .venv/bin/python bench/vq_explore.py --data ../shared/data --tokens 4096 \
+        --presets vq,vq_plain,quant_gptq --rates 16,32
+    .venv/bin/python bench/vq_explore.py --list
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+# name -> (function name in dirjax.compress.{vq,quantize}, options); counts/hidden passed when
+# the preset says so.
+PRESETS = {
+    "quant_gptq": ("quantize.quant_gptq_method", dict(), ("counts", "hidden")),
+    "quant_freq": ("quantize.quant_freq_method", dict(), ("counts",)),
+    # plain vector codes (no gain), one codebook per tier, widths by frequency
+    "vq_plain": ("vq.vq_method", dict(norm="none"), ("counts",)),
+    # norm stored apart (8-bit log), direction coded
+    "vq_norm": ("vq.vq_method", dict(norm="log8"), ("counts",)),
+    "vq_norm_ls": ("vq.vq_method", dict(norm="log8", gain="ls"), ("counts",)),
+    "vq_norm_fp16": ("vq.vq_method", dict(norm="fp16"), ("counts",)),
+    "vq_flat": ("vq.vq_method", dict(norm="log8"), ()),
+    # + LDLQ against the hidden-state second moment
+    "vq": ("vq.vq_method", dict(norm="log8"), ("counts", "hidden")),
+    "vq_ls": ("vq.vq_method", dict(norm="log8", gain="ls"), ("counts", "hidden")),
+    "vq_h09": ("vq.vq_method", dict(norm="log8", head_weight=0.9), ("counts", "hidden")),
+    "vq_f025": ("vq.vq_method", dict(norm="log8", floor=0.25), ("counts", "hidden")),
+    "vq_f4": ("vq.vq_method", dict(norm="log8", floor=4.0), ("counts", "hidden")),
+}
+
+
+def calibration(model, tok, data: str, cache: str, n_hidden: int = 8192) -> dict:
+    path = os.path.join(cache, f"smol_vq_calib_{n_hidden}.npz")
+    if os.path.exists(path):
+        z = np.load(path)
+        return {"counts": z["counts"], "hidden": z["hidden"]}
+    from dirjax.compress.calib import collect
+    valid = open(os.path.join(data, "wikitext-2/valid.txt")).read()
+    cal = collect(model, tok, valid, n_hidden=n_hidden)
+    np.savez(path, **cal)
+    return cal
+
+
+def tier_mix(emb) -> str:
+    if not hasattr(emb, "tiers"):
+        if hasattr(emb, "bits"):
+            n = np.bincount(np.asarray(emb.bits[...]).astype(int))
+            return " ".join(f"{b}b:{100 * c / n.sum():.0f}%" for b, c in enumerate(n) if c)
+        return ""
+    rows = emb.rows_per_tier()
+    return " ".join(f"{b / g:g}b:{100 * n / sum(rows):.0f}%" for (g, b), n in zip(emb.tiers, rows) if n)
+
+
+def main():
+    import importlib
+
+    import dirjax
+    from dirjax.compress.quantize import QuantizeError
+    from dirjax.evaluate.perplexity import causal_perplexity, tokenize_stream
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", required=True, help="the shared data dir (wikitext-2, wikitext-2-raw)")
+    p.add_argument("--presets", default="vq")
+    p.add_argument("--rates", default="16,32")
+    p.add_argument("--tokens", type=int, default=4096)
+    p.add_argument("--orig", action="store_true", help="also the original-head perplexity")
+    p.add_argument("--cache", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "dirjax_vq_cache"))
+    p.add_argument("--set", default="", help="extra options for every vq preset: k=v,k=v (python literals)")
+    p.add_argument("--list", action="store_true")
+    a = p.parse_args()
+    if a.list:
+        print("\n".join(PRESETS))
+        return
+    extra = {}
+    for kv in filter(None, a.set.split(";")):
+        k, v = kv.split("=", 1)
+        extra[k] = eval(v)                     # noqa: S307  (a bench flag, literals only)
+    os.makedirs(a.cache, exist_ok=True)
+    model, tok = dirjax.load_model("smollm2-135m")
+    table = np.asarray(model.embedding.table(), np.float32)
+    cal = calibration(model, tok, a.data, a.cache)
+    test = open(os.path.join(a.data, "wikitext-2-raw/test.txt")).read()
+    ids = tokenize_stream(tok, test, a.tokens)
+
+    def ppl(m):
+        return causal_perplexity(m, ids, max_length=512, progress=False)["ppl"]
+
+    print(f"| original | 1 | 1.00 | {ppl(model):.2f} | - | - | - | - |", flush=True)
+    print("| preset | rate | bytes rate | tied ppl | orig head ppl | rel err | secs | rows per tier |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in a.presets.split(","):
+        fn_name, opts, calib = PRESETS[name]
+        mod, fn = fn_name.split(".")
+        fn = getattr(importlib.import_module(f"dirjax.compress.{mod}"), fn)
+        opts = {**opts, **(extra if mod == "vq" else {})}
+        for r in [float(x) for x in a.rates.split(",")]:
+            t0 = time.time()
+            try:
+                emb = fn(table, rate=r, **opts, **{k: cal[k] for k in calib})
+            except QuantizeError as e:
+                print(f"| {name} | {r:g} | - | refused: {e} |", flush=True)
+                continue
+            secs = time.time() - t0
+            rec = np.asarray(emb.table())
+            err = np.linalg.norm(rec - table) / np.linalg.norm(table)
+            tied = ppl(dirjax.swap_embedding(model, emb, output="tied"))
+            orig = ppl(dirjax.swap_embedding(model, emb, output="original")) if a.orig else None
+            print(f"| {name} | {r:g} | {table.size * 4 / emb.storage_bytes():.2f} | {tied:.2f} | "
+                  f"{'-' if orig is None else f'{orig:.2f}'} | {err:.4f} | {secs:.0f} | "
+                  f"{tier_mix(emb)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
