@@ -69,17 +69,20 @@ class Gemma3Config:
         if c.get("attention_bias"):
             raise WeightsError("Gemma 3 checkpoints with attention_bias=true are not supported")
         if c.get("use_bidirectional_attention"):
-            raise WeightsError("Gemma 3 with use_bidirectional_attention=true (an encoder) is not supported")
+            raise WeightsError(
+                "Gemma 3 with use_bidirectional_attention=true (an encoder) is not supported")
         act = c.get("hidden_activation") or c.get("hidden_act") or "gelu_pytorch_tanh"
         if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
-            raise WeightsError(f"Gemma 3 hidden_activation {act!r} is not supported (gelu tanh only)")
+            raise WeightsError(
+                f"Gemma 3 hidden_activation {act!r} is not supported (gelu tanh only)")
         heads, layers = c.get("num_attention_heads", 8), c.get("num_hidden_layers", 26)
         layer_types = c.get("layer_types")
         if layer_types is None:  # older configs: every `pattern`-th layer is global
             pattern = c.get("sliding_window_pattern", 6)
             layer_types = [SLIDING if (i + 1) % pattern else FULL for i in range(layers)]
         if len(layer_types) != layers or set(layer_types) - {SLIDING, FULL}:
-            raise WeightsError(f"Gemma 3 layer_types must be {layers} of {SLIDING!r}/{FULL!r}: {layer_types}")
+            raise WeightsError(
+                f"Gemma 3 layer_types must be {layers} of {SLIDING!r}/{FULL!r}: {layer_types}")
         full, local = rope_parameters(c)
         head_dim = c.get("head_dim") or c.get("hidden_size", 2304) // heads
         return cls(
@@ -91,7 +94,7 @@ class Gemma3Config:
             rms_norm_eps=c.get("rms_norm_eps", 1e-6),
             rope_theta=full.get("rope_theta", 1_000_000.0),
             rope_local_theta=local.get("rope_theta", 10_000.0),
-            rope_factor=full.get("factor", 1.0) if full.get("rope_type", "default") == "linear" else 1.0,
+            rope_factor=full.get("factor", 1.0) if full["rope_type"] == "linear" else 1.0,
             final_logit_softcapping=c.get("final_logit_softcapping"),
             # attn_logit_softcapping is ignored, as transformers' Gemma3Attention ignores it
             tie_word_embeddings=c.get("tie_word_embeddings", True),
@@ -110,11 +113,12 @@ def rope_parameters(c: dict) -> tuple[dict, dict]:
         full = dict(params or c.get("rope_scaling") or {})
         full.setdefault("rope_theta", c.get("rope_theta", 1_000_000.0))
         local = {"rope_theta": c.get("rope_local_base_freq", 10_000.0)}
-    for name, p in (("full_attention", full), ("sliding_attention", local)):
+    for name, p in ((FULL, full), (SLIDING, local)):
         rope_type = p.get("rope_type", p.get("type", "default"))
         allowed = ("default", "linear") if name == FULL else ("default",)
         if rope_type not in allowed:
-            raise WeightsError(f"Gemma 3 RoPE {rope_type!r} on {name} layers is not supported {allowed}")
+            raise WeightsError(
+                f"Gemma 3 RoPE {rope_type!r} on {name} layers is not supported {allowed}")
         p["rope_type"] = rope_type
     return full, local
 
@@ -215,8 +219,10 @@ class Block(nnx.Module):
 
     def __call__(self, x: jax.Array, cos, sin, mask: jax.Array, cache=None):
         """-> x, or (x, cache) with a cache (see Attention)."""
-        y = self.attn(self.input_norm(x), cos, sin, mask, cache)
-        y, cache = (y, None) if cache is None else y
+        if cache is None:
+            y = self.attn(self.input_norm(x), cos, sin, mask)
+        else:
+            y, cache = self.attn(self.input_norm(x), cos, sin, mask, cache)
         x = x + self.post_attn_norm(y)
         x = x + self.post_mlp_norm(self.mlp(self.pre_mlp_norm(x)))
         return x if cache is None else (x, cache)
@@ -226,7 +232,8 @@ def causal_masks(attention_mask: jax.Array | None, B: int, T: int, window: int):
     """(full, sliding) masks [B, 1, T, T] bool: query t sees keys s <= t that are not padding;
     the sliding one only those with t - s < window."""
     t, s = np.arange(T)[:, None], np.arange(T)[None, :]
-    full, sliding = jnp.asarray(s <= t)[None, None], jnp.asarray((s <= t) & (t - s < window))[None, None]
+    full = jnp.asarray(s <= t)[None, None]
+    sliding = jnp.asarray((s <= t) & (t - s < window))[None, None]
     if attention_mask is None:
         return jnp.broadcast_to(full, (B, 1, T, T)), jnp.broadcast_to(sliding, (B, 1, T, T))
     keys = attention_mask[:, None, None, :] > 0
@@ -352,7 +359,8 @@ def from_state(config: Gemma3Config, state: dict[str, np.ndarray], dtype=None) -
                             norm(p + "post_feedforward_layernorm")))
     embedding = Embedding(param("embed_tokens.weight", (c.vocab_size, d)))
     # tied unless the config unties the head and the checkpoint has its own lm_head
-    head_name = next((p + "lm_head.weight" for p in HEAD_PREFIXES if p + "lm_head.weight" in state), None)
+    head_name = next((p + "lm_head.weight" for p in HEAD_PREFIXES if p + "lm_head.weight" in state),
+                     None)
     tied = c.tie_word_embeddings or head_name is None
     head = None if tied else Embedding(param(head_name, (c.vocab_size, d), prefixes=("",)))
     return Gemma3(c, embedding, blocks, norm("norm"), head)
