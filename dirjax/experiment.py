@@ -395,7 +395,7 @@ def _run_locked(c, workdir: Path, job, calib_texts: dict, results) -> list[dict]
     from dirjax.models import load_model
 
     model, tokenizer = load_model(c.model, dtype=getattr(jnp, c.dtype),
-                                  **({"tokenizer": c.tokenizer} if c.tokenizer else {}))
+                                  tokenizer=c.tokenizer or None)
     job.check_model(model)
     v, d = model.config.vocab_size, model.config.hidden_size
     for method in c.methods:

@@ -33,6 +33,8 @@ def assert_one_line_error(proc, *words):
     (["--config", "configs/no_such.py"], ["No such file", "no_such.py"]),
     (["--config.task=translate"], ["config.task", "translate"]),
     (["--no_such_flag"], ["no_such_flag"]),
+    (["--config.dtype=int8"], ["config.dtype", "int8"]),
+    (["--config.method_options.ae.epoch=3"], ["unknown option", "epoch"]),
 ])
 def test_bad_command_line_is_one_clear_line(tmp_path, args, words):
     proc = run(*args, "--workdir", str(tmp_path / "w"), cwd=ROOT)
@@ -59,7 +61,28 @@ def test_tiny_run_prints_the_table_and_writes_results(tmp_path):
                "--config.progress=False", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "| original |" in proc.stdout and "| svd | tied | 4 | 14 |" in proc.stdout
+    assert "PyTorch was not found" not in proc.stderr + proc.stdout    # no stray library noise
     workdir = tmp_path / "runs" / "default"                  # runs/<config name> by default
     rows = json.loads((workdir / "results.json").read_text())
     assert [r["method"] for r in rows] == ["original", "svd"]
     assert (workdir / "plot.png").exists() and (workdir / "results.md").exists()
+
+
+def test_a_config_given_without_the_flag_is_refused(tmp_path):
+    proc = run("configs/minilm_sts.py", "--workdir", str(tmp_path / "w"), cwd=ROOT)
+    assert_one_line_error(proc, "unexpected argument", "--config configs/minilm_sts.py")
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_prints_the_usage(flag):
+    proc = run(flag, cwd=ROOT)
+    assert proc.returncode == 0 and "python run.py [--config configs/X.py]" in proc.stdout
+    assert proc.stderr == ""
+
+
+def test_a_busy_workdir_is_one_clear_line(tmp_path):
+    from dirjax.experiment import WorkdirLock
+    with WorkdirLock(tmp_path / "w"):
+        proc = run(f"--config.model={TINY}", "--workdir", str(tmp_path / "w"), cwd=ROOT)
+    assert_one_line_error(proc, "in use by another run")

@@ -38,7 +38,6 @@ from dirjax.errors import ConfigError
 
 from dirjax.compress.lowrank import CompressedEmbedding
 from dirjax.compress.rate import resolve_rank
-from dirjax.runtime import FAST_CPU_XLA_FLAGS  # noqa: F401  (the benches import it from here)
 
 
 @dataclass

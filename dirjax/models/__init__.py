@@ -117,14 +117,14 @@ def family_of(config: dict, where: str) -> str:
         "(dirjax reads GPT-2, BERT, Llama-family and Gemma 3 checkpoints)")
 
 
-def download(repo_id: str) -> Path:
+def download(repo_id: str, patterns: list[str] | None = None) -> Path:
     """Snapshot of a Hub repo with only what dirjax reads (configs, tokenizer, safetensors)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
     try:
-        path = snapshot_download(
-            repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"])
+        path = snapshot_download(repo_id, allow_patterns=patterns or [
+            "*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"])
     except RepositoryNotFoundError:
         raise UnknownSourceError(f"no model {repo_id!r} on the Hugging Face Hub") from None
     except (HfHubHTTPError, OSError, ValueError) as e:
@@ -132,13 +132,28 @@ def download(repo_id: str) -> Path:
     return Path(path)
 
 
-def load_model(source: str | os.PathLike, dtype=None):
+def load_model(source: str | os.PathLike, dtype=None, tokenizer: str | os.PathLike | None = None):
     """Load `source` as a Flax NNX model and its tokenizer: `(model, tokenizer)`.
 
     The model is `dirjax.models.gpt2.GPT2`, `.bert.Bert`, `.llama.Llama` or `.gemma3.Gemma3`;
-    parameters in float32 unless `dtype` says otherwise.
+    parameters in float32 unless `dtype` says otherwise. The tokenizer is the checkpoint's own
+    (a directory without tokenizer files is an error), or `tokenizer` (a tokenizer directory
+    or Hub id) when given.
     """
-    source = str(source)
+    from dirjax.models.weights import TOKENIZER_SOURCE, load_tokenizer
+    if not tokenizer:
+        return _load(str(source), dtype)
+    token = TOKENIZER_SOURCE.set(str(tokenizer))
+    try:
+        model, tok = _load(str(source), dtype)
+        if str(source).endswith(".gguf") or source in ALIASES:   # a GGUF carries its own
+            tok = load_tokenizer(Path(str(tokenizer)))
+        return model, tok
+    finally:
+        TOKENIZER_SOURCE.reset(token)
+
+
+def _load(source: str, dtype):
     if source in ALIASES:
         path = resolve_alias(source)
     elif os.path.exists(source):
