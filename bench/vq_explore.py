@@ -21,11 +21,13 @@ import numpy as np
 
 # name -> (function name in dirjax.compress.{vq,quantize}, options); counts/hidden passed when
 # the preset says so.
+FINE = ((16, 8), (8, 8), (8, 12), (4, 8), (4, 12), (2, 8))   # 0.5 1 1.5 2 3 4 bits/entry
 PRESETS = {
     "quant_gptq": ("quantize.quant_gptq_method", dict(), ("counts", "hidden")),
     "quant_freq": ("quantize.quant_freq_method", dict(), ("counts",)),
     # plain vector codes (no gain), one codebook per tier, widths by frequency
     "vq_plain": ("vq.vq_method", dict(norm="none"), ("counts",)),
+    "vq_plain_h09": ("vq.vq_method", dict(norm="none", head_weight=0.9), ("counts", "hidden")),
     # norm stored apart (8-bit log), direction coded
     "vq_norm": ("vq.vq_method", dict(norm="log8"), ("counts",)),
     "vq_norm_ls": ("vq.vq_method", dict(norm="log8", gain="ls"), ("counts",)),
@@ -34,6 +36,13 @@ PRESETS = {
     # + LDLQ against the hidden-state second moment
     "vq": ("vq.vq_method", dict(norm="log8"), ("counts", "hidden")),
     "vq_ls": ("vq.vq_method", dict(norm="log8", gain="ls"), ("counts", "hidden")),
+    "vq_hls": ("vq.vq_method", dict(norm="log8", gain="hls"), ("counts", "hidden")),
+    "vq_h09_hls": ("vq.vq_method", dict(norm="log8", gain="hls", head_weight=0.9), ("counts", "hidden")),
+    "vq_fine": ("vq.vq_method", dict(norm="log8", tiers=FINE), ("counts", "hidden")),
+    "vq_h1_hls": ("vq.vq_method", dict(norm="log8", gain="hls", head_weight=1.0), ("counts", "hidden")),
+    "vq_h097_hls": ("vq.vq_method", dict(norm="log8", gain="hls", head_weight=0.97), ("counts", "hidden")),
+    "vq_h09_w": ("vq.vq_method", dict(norm="log8", gain="hls", head_weight=0.9, weighted=True), ("counts", "hidden")),
+    "vq_fine_h09": ("vq.vq_method", dict(norm="log8", gain="hls", head_weight=0.9, tiers=FINE), ("counts", "hidden")),
     "vq_h09": ("vq.vq_method", dict(norm="log8", head_weight=0.9), ("counts", "hidden")),
     "vq_f025": ("vq.vq_method", dict(norm="log8", floor=0.25), ("counts", "hidden")),
     "vq_f4": ("vq.vq_method", dict(norm="log8", floor=4.0), ("counts", "hidden")),

@@ -10,14 +10,14 @@ from dirjax.compress import vq as VQ
 from dirjax.embedding import compression_rate
 from dirjax.errors import ConfigError, DataError
 
-V, D = 2048, 32
-TIERS = ((8, 6), (4, 6), (2, 6))       # 0.75, 1.5, 3 bits per entry; small codebooks for speed
+V, D = 2048, 64
+TIERS = ((16, 6), (8, 6), (4, 6), (2, 6))   # 0.375, 0.75, 1.5, 3 bits per entry; small codebooks
 
 
-def table(seed=0):
-    """Gaussian directions, row norms spread over 4x (as embedding rows' norms are)."""
+def table(seed=0, spread=4.0):
+    """Gaussian directions, row norms log-uniform over `spread`x."""
     rng = np.random.default_rng(seed)
-    t = rng.standard_normal((V, D)) * rng.uniform(0.5, 2.0, (V, 1))
+    t = rng.standard_normal((V, D)) * np.exp(rng.uniform(0, np.log(spread), (V, 1)))
     return t.astype(np.float32)
 
 
@@ -43,7 +43,7 @@ def test_rate_is_met_in_bytes_everything_counted(norm, rate):
     assert sum(rows) == V
     codes = sum(-(-n * (D // g) * b // 8) for n, (g, b) in zip(rows, TIERS))
     books = sum(2 ** b * g * 2 for g, b in TIERS)            # fp16 codebooks
-    by_hand = (codes + books + (V * 2 + 7) // 8              # 2-bit tier ids (3 tiers)
+    by_hand = (codes + books + (V * 2 + 7) // 8              # 2-bit tier ids (4 tiers)
                + {"log8": V + 8, "fp16": 2 * V, "none": 0}[norm] + 4 * D + 8)
     assert emb.storage_bytes() == by_hand
     assert emb.storage_bytes() > V * D * 4 / rate - 64       # the allocation spends the budget
@@ -117,17 +117,18 @@ def test_module_calls_agree_with_table_and_jit():
 
 def test_beats_scalar_codes_at_equal_bytes():
     t = table()
-    scalar = rel_err(Q.quant_method(t, rate=10), t)
-    vec = rel_err(VQ.vq_method(t, rate=10, tiers=((4, 8), (2, 8), (1, 8)), iters=8, refit_iters=4), t)
+    scalar = rel_err(Q.quant_method(t, rate=16), t)
+    vec = rel_err(VQ.vq_method(t, rate=16, tiers=TIERS, iters=8, refit_iters=4), t)
     assert vec < 0.85 * scalar, (vec, scalar)
     with pytest.raises(Q.QuantizeError):           # and goes where a scalar grid cannot
         Q.quant_method(t, rate=32)
     assert rel_err(make(32), t) < 0.8
 
 
-def test_norm_apart_beats_plain_vector_codes():
-    t = table()
-    assert rel_err(make(16), t) < rel_err(make(16, norm="none"), t)
+def test_norm_apart_beats_plain_vector_codes_when_norms_spread():
+    t = table(spread=30.0)
+    kw = dict(tiers=TIERS, iters=8, refit_iters=4)
+    assert rel_err(VQ.vq_method(t, rate=16, **kw), t) < rel_err(VQ.vq_method(t, rate=16, norm="none", **kw), t)
 
 
 def test_ldlq_lowers_the_logit_error():

@@ -20,7 +20,8 @@ H = (1 - a) I/d + a E[h h^T]/tr (a = head_weight), the tied head's logit error m
 the input side's squared error.
 
 gain: "norm" stores |y_v| / |q_v| (the reconstructed row keeps the row's norm), "ls" the
-least-squares gain, both in 8 bits on a log scale ("log8") or fp16 ("fp16"); norm="none" is
+least-squares gain, "hls" the least-squares gain in the H metric (with hidden states: the
+output-aware refinement of each row's gain with its codes fixed), all in 8 bits on a log scale ("log8") or fp16 ("fp16"); norm="none" is
 plain vector codes: k-means on the raw rotated rows, no gain stored.
 
 Bytes, everything counted: codes packed at b bits (ceil per tier), codebooks fp16
@@ -396,8 +397,8 @@ def allocate_tiers(errs: np.ndarray, weight: np.ndarray, cost: np.ndarray, budge
         return np.argmin(e + lam * cost[None], axis=1)
 
     if cost[pick(1e30)].sum() > budget:
-        raise QuantizeError(f"byte budget below the cheapest tier ({cost.min() / errs.shape[0]:.2f}"
-                            " bits per entry)")
+        raise QuantizeError(f"byte budget below the cheapest tier for every row "
+                            f"({cost.min():.0f} bits a row)")
     lo, hi = -40.0, 40.0
     for _ in range(90):
         mid = (lo + hi) / 2
@@ -409,7 +410,7 @@ def allocate_tiers(errs: np.ndarray, weight: np.ndarray, cost: np.ndarray, budge
 def vq(table, *, rate: float, seed: int = 0, tiers=DEFAULT_TIERS, norm: str = "log8",
        gain: str = "norm", center: bool = True, rotate: bool = True, counts=None, floor: float = 1.0,
        hidden=None, head_weight: float = 0.5, iters: int = 20, refit_iters: int = 10,
-       max_train: int = 1 << 17) -> VQEmbedding:
+       weighted: bool = False, max_train: int = 1 << 17) -> VQEmbedding:
     """Compress `table [V, d]` into at most V*d*4/rate bytes with tiered vector codes.
 
     norm: "log8" / "fp16": each row's gain stored apart (8-bit log or fp16) and the direction
@@ -417,6 +418,7 @@ def vq(table, *, rate: float, seed: int = 0, tiers=DEFAULT_TIERS, norm: str = "l
     gain: "norm" (keep each row's norm) or "ls" (least-squares gain); ignored for norm="none".
     counts `[V]`: row weight counts/sum + floor/V for the tier allocation (None: equal).
     hidden `[N, d]`: LDLQ against H = (1-a) I/d + a E[hh^T]/tr, a = head_weight (None: nearest).
+    weighted: refit each tier's codebook by k-means weighted by row weight x row scale^2.
     Deterministic per seed (rotation, k-means samples and init).
     """
     t = np.asarray(table, np.float32)
@@ -429,8 +431,9 @@ def vq(table, *, rate: float, seed: int = 0, tiers=DEFAULT_TIERS, norm: str = "l
                           f"got {tiers}")
     if len(tiers) > 16:
         raise ConfigError("at most 16 tiers")
-    if norm not in GAINS or gain not in ("norm", "ls"):
-        raise ConfigError(f"norm must be one of {GAINS}, gain 'norm' or 'ls'; got {norm!r}, {gain!r}")
+    if norm not in GAINS or gain not in ("norm", "ls", "hls"):
+        raise ConfigError(f"norm must be one of {GAINS}, gain 'norm', 'ls' or 'hls'; "
+                          f"got {norm!r}, {gain!r}")
     budget = int(v * d * 4 / rate)
     over = overhead_bytes(v, d, tiers, gain=norm, center=center, rotate=rotate)
     code_budget_bits = (budget - over - len(tiers)) * 8      # -T bytes: each tier's rounding up
@@ -488,8 +491,10 @@ def vq(table, *, rate: float, seed: int = 0, tiers=DEFAULT_TIERS, norm: str = "l
             continue
         x = u[rows].reshape(-1, g)
         if refit_iters:
+            # weighted: each row's groups count by the row's weight times its error scale
+            wx = np.repeat(w[rows] * to_y[rows], d // g) if weighted else None
             books[k] = kmeans(x, 2 ** b, seed=seed + 1000 * k + 1, iters=refit_iters,
-                              init=books[k], max_train=max_train)
+                              init=books[k], max_train=max_train, weights=wx)
         if hess is not None:
             codes.append(ldlq(u[rows], books[k], ldlq_matrices(hess, g)))
         else:
@@ -505,6 +510,10 @@ def vq(table, *, rate: float, seed: int = 0, tiers=DEFAULT_TIERS, norm: str = "l
         qq = np.sum(q * q, 1)
         if gain == "norm":
             raw = rownorm / np.sqrt(np.maximum(qq, 1e-30))
+        elif gain == "hls" and hess is not None:     # least squares in the H metric
+            qh = q @ hess.astype(np.float32)
+            qq = np.sum(qh * q, 1)
+            raw = np.sum(qh * y, 1) / np.maximum(qq, 1e-30)
         else:
             raw = np.sum(y * q, 1) / np.maximum(qq, 1e-30)
         raw = np.where((qq > 0) & (rownorm > 0), np.maximum(raw, 0.0), 0.0)
@@ -519,7 +528,7 @@ def vq(table, *, rate: float, seed: int = 0, tiers=DEFAULT_TIERS, norm: str = "l
 
 # ----------------------------------------------------------------------------- registered method
 OPTIONS = ("tiers", "norm", "gain", "center", "rotate", "floor", "head_weight", "iters",
-           "refit_iters", "max_train")
+           "refit_iters", "weighted", "max_train")
 
 
 def vq_method(table, *, rate=None, rank=None, seed: int = 0, counts=None, hidden=None,
