@@ -1,8 +1,11 @@
 """Token-embedding modules and the swap of one into a model.
 
-Every embedding module answers three calls:
+Every embedding module answers four calls:
   __call__(ids [B, T] int) -> [B, T, d]   input lookup
   attend(h [..., d]) -> [..., V]           logits of a tied output head, h @ E^T
+  attend_chunk(h, start, size) -> [..., size]   the logits of rows start..start+size-1 only
+                                           (start may be traced: a `lax.scan` over vocabulary
+                                           slices never builds [..., V]; see evaluate/scoring.py)
   table() -> [V, d]                        the (reconstructed) table
 and reports `storage_bytes()`, the bytes needed to store it, from which the compression
 rate against the fp32 table follows: rate = V * d * 4 / storage_bytes.
@@ -67,6 +70,10 @@ class Embedding(nnx.Module):
     def attend(self, h: jax.Array) -> jax.Array:
         return h @ self.weight[...].T.astype(h.dtype)
 
+    def attend_chunk(self, h: jax.Array, start, size: int) -> jax.Array:
+        rows = jax.lax.dynamic_slice_in_dim(self.weight[...], start, size, axis=0)
+        return h @ rows.T.astype(h.dtype)
+
     def table(self) -> jax.Array:
         return self.weight[...]
 
@@ -115,6 +122,11 @@ class LowRankEmbedding(nnx.Module):
         c, w, b = (x[...].astype(h.dtype) for x in (self.codes, self.weight, self.bias))
         return (h @ w.T) @ c.T + (h @ b)[..., None]
 
+    def attend_chunk(self, h: jax.Array, start, size: int) -> jax.Array:
+        c = jax.lax.dynamic_slice_in_dim(self.codes[...], start, size, axis=0).astype(h.dtype)
+        w, b = self.weight[...].astype(h.dtype), self.bias[...].astype(h.dtype)
+        return (h @ w.T) @ c.T + (h @ b)[..., None]
+
     def table(self) -> jax.Array:
         return self.codes[...] @ self.weight[...] + self.bias[...]
 
@@ -123,6 +135,15 @@ class LowRankEmbedding(nnx.Module):
 
     def storage_bytes(self) -> int:
         return FP32_BYTES * self.num_params()
+
+
+def attend_chunk(embedding, h: jax.Array, start, size: int) -> jax.Array:
+    """`embedding.attend_chunk(h, start, size)`, or, for a module without one, the same
+    logits from its decoded rows start..start+size-1 (any module can look rows up)."""
+    if hasattr(embedding, "attend_chunk"):
+        return embedding.attend_chunk(h, start, size)
+    rows = embedding((start + jnp.arange(size))[None])[0]
+    return h @ rows.T.astype(h.dtype)
 
 
 def compression_rate(embedding, vocab_size: int | None = None, features: int | None = None) -> float:

@@ -35,6 +35,7 @@ truncated SVD 36,406. On 16k tokens (original 28.82): quant_gptq 30.02, quant_fr
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -119,11 +120,19 @@ class QuantizedEmbedding(nnx.Module, Described):
 
     def attend(self, h):
         """Tied-head logits `[..., V]` = h @ table^T (the rotation folds: (h R)(Y)^T)."""
-        v, d = self.codes.shape
+        return self._attend_rows(h, self.codes[...], self.scale[...], self.offset[...])
+
+    def attend_chunk(self, h, start, size: int):
+        """The logits of rows start..start+size-1, dequantising only those rows."""
+        def rows(x):
+            return jax.lax.dynamic_slice_in_dim(x[...], start, size, axis=0)
+        return self._attend_rows(h, rows(self.codes), rows(self.scale), rows(self.offset))
+
+    def _attend_rows(self, h, codes, scale, offset):
+        v, d = codes.shape
         g = self.group
-        y = self.codes[...].astype(h.dtype).reshape(v, d // g, g)
-        y = (y * self.scale[...].astype(h.dtype)[..., None]
-             + self.offset[...].astype(h.dtype)[..., None]).reshape(v, d)
+        y = codes.astype(h.dtype).reshape(v, d // g, g)
+        y = (y * scale.astype(h.dtype)[..., None] + offset.astype(h.dtype)[..., None]).reshape(v, d)
         hr = h if self.rotation is None else h @ self.rotation[...].astype(h.dtype)
         out = hr @ y.T
         if self.mean is not None:

@@ -20,6 +20,7 @@ dummy rows whose scores are dropped.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 
 from dirjax.errors import ConfigError, DataError
 from dirjax.evaluate.batching import bucket_batches, jit_on_model, pad_rows, run_batches
+from dirjax.evaluate.scoring import CHUNK, token_nll
 
 def tokenize_stream(tokenizer, text: str, max_tokens: int = 0) -> np.ndarray:
     """Token ids `[N]` int32 of `text` as one stream, no special tokens (no BOS); first `max_tokens`."""
@@ -76,27 +78,31 @@ def window_arrays(ids: np.ndarray, max_length: int, stride: int):
     return tokens, mask, weights
 
 
-def _causal_nll(graphdef, state, tokens, mask, weights):
-    """Summed NLL `[B]` of the weighted tokens of each window `tokens [B, T]`."""
+def _causal_nll(graphdef, state, tokens, mask, weights, chunk=CHUNK):
+    """Summed NLL `[B]` of the weighted tokens of each window `tokens [B, T]`, scored from
+    the final hidden states vocabulary slice by vocabulary slice (`scoring.token_nll`)."""
     model = nnx.merge(graphdef, state)
-    logits = model(tokens, attention_mask=mask).astype(jnp.float32)[:, :-1]   # [B, T-1, V]
-    target = tokens[:, 1:]
-    # logsumexp - logit[target]: never materialises the [B, T, V] log-softmax
-    nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(
-        logits, target[..., None], axis=-1)[..., 0]
+    if hasattr(model, "encode") and getattr(model, "out_embedding", None) is not None:
+        h = model.encode(tokens, attention_mask=mask)[:, :-1]                # [B, T-1, d]
+        nll = token_nll(model, h, tokens[:, 1:], chunk)
+    else:   # any other callable LM: ids -> logits [B, T, V]
+        logits = model(tokens, attention_mask=mask).astype(jnp.float32)[:, :-1]
+        nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(
+            logits, tokens[:, 1:, None], axis=-1)[..., 0]
     # where, not multiply: a padded position may hold inf/nan and 0 * nan = nan
     return jnp.where(weights[:, 1:] > 0, nll, 0.0).sum(axis=1)
 
 
 def causal_perplexity(model, ids, *, max_length: int = 512, stride: int | None = None,
-                      batch_size: int = 4, progress: bool = True) -> dict:
-    """Sliding-window perplexity of a causal LM over the token stream `ids [N]`."""
+                      batch_size: int = 4, progress: bool = True, chunk: int | None = CHUNK) -> dict:
+    """Sliding-window perplexity of a causal LM over the token stream `ids [N]`; the vocabulary
+    is scored `chunk` rows at a time (None: the full `[B, T, V]` logits)."""
     ids = np.asarray(ids, np.int32)
     if len(ids) < 2:
         raise DataError(f"need at least 2 tokens to measure perplexity, got {len(ids)}")
     tokens, mask, weights = window_arrays(ids, max_length, stride or max_length)
-    sums = run_batches(_causal_nll, model, (tokens, mask, weights), batch_size,
-                        "perplexity", progress)
+    sums = run_batches(functools.partial(_causal_nll, chunk=chunk), model,
+                       (tokens, mask, weights), batch_size, "perplexity", progress)
     count = int(weights[:, 1:].sum())
     nll = float(sums.sum() / count)
     return {"ppl": math.exp(nll), "nll": nll, "tokens": count}
