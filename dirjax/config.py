@@ -45,6 +45,8 @@ EVAL = {
     "max_tokens": 8192,             # causal_ppl: first tokens of the stream (0 = all)
     "max_length": 512,              # window (causal) / truncation (mlm, sts) length
     "stride": 0,                    # causal_ppl: window stride (0 = max_length, no overlap)
+    "bos": "auto",                  # causal_ppl: a BOS before every window: auto (when the
+                                    # tokenizer adds one: Gemma yes, SmolLM2/GPT-2 no) | yes | no
     "batch_size": 4,
     "max_examples": 0,              # mlm_ppl lines / sts pairs kept (0 = all)
     "mlm_probability": 0.15,
@@ -239,6 +241,8 @@ def _check_eval(c: dict) -> None:
     if c["stride"] > c["max_length"]:
         raise ConfigError(f"config.stride {c['stride']} > max_length {c['max_length']}: "
                           "tokens between windows would never be scored")
+    if c["bos"] not in ("auto", "yes", "no"):
+        raise ConfigError(f"config.bos must be auto, yes or no, got {c['bos']!r}")
     if not 0 < float(c["mlm_probability"]) < 1:
         raise ConfigError(f"config.mlm_probability must be in (0, 1), got {c['mlm_probability']}")
     c["outputs"] = _as_tuple(c["outputs"], "outputs")

@@ -104,7 +104,7 @@ class EvalJob:
     def settings(self) -> dict:
         names = ("dtype", "task", "dataset", "split", "max_tokens", "max_length", "stride",
                  "batch_size", "max_examples", "mlm_probability", "mlm_min_tokens", "seed")
-        return {n: self.c[n] for n in names}
+        return {n: self.c[n] for n in names} | {"bos": self.bos}
 
     def read_data(self) -> None:
         c = self.c
@@ -134,15 +134,24 @@ class EvalJob:
         """The scorer `model -> {"value", "tokens", ...}` on the tokenised data."""
         from dirjax.evaluate import (causal_perplexity, mask_lines, mlm_perplexity,
                                      sts_spearman, tokenize_stream)
+        from dirjax.evaluate.perplexity import bos_of
         c, data = self.c, self.data
         self.outputs = c.outputs if model.tied and model.out_embedding is not None else (None,)
+        self.bos = None
         if c.task == "causal_ppl":
             ids = tokenize_stream(tokenizer, data, c.max_tokens)
+            bos_id = bos_of(tokenizer) if c.bos == "auto" else \
+                tokenizer.bos_token_id if c.bos == "yes" else None
+            if c.bos == "yes" and bos_id is None:
+                raise ConfigError(f"config.bos is yes but the tokenizer of {c.model} has no BOS")
+            self.bos = bos_id is not None
 
             def score(m):
                 out = causal_perplexity(m, ids, max_length=c.max_length, stride=c.stride or None,
-                                        batch_size=c.batch_size, progress=c.progress)
-                return {"value": out["ppl"], "tokens": out["tokens"], "nll": out["nll"]}
+                                        batch_size=c.batch_size, progress=c.progress,
+                                        bos_id=bos_id)
+                return {"value": out["ppl"], "tokens": out["tokens"], "nll": out["nll"],
+                        "bos": bos_id is not None}
         elif c.task == "mlm_ppl":
             examples = mask_lines(tokenizer, data_lib.text_lines(data),
                                   probability=c.mlm_probability, min_tokens=c.mlm_min_tokens,

@@ -163,3 +163,17 @@ def test_smollm2_wikitext_matches_pytorch_reference():
     out = causal_perplexity(model, ids, max_length=512, stride=512, batch_size=4)
     assert out["tokens"] == 16352
     assert out["ppl"] == pytest.approx(SMOLLM2_REFERENCE_PPL, rel=0.005)
+
+
+def test_a_bos_before_every_window_scores_every_token():
+    """[BOS] + window: the BOS is context only, so each window's first token is scored too."""
+    from dirjax.evaluate.perplexity import causal_perplexity
+    model = CausalMean(seed=2)
+    ids = np.random.default_rng(5).integers(1, V, 50)
+    out = causal_perplexity(model, ids, max_length=16, batch_size=2, progress=False, bos_id=0)
+    assert out["tokens"] == 50
+    total = 0.0
+    for begin in range(0, 50, 16):
+        window = np.concatenate([[0], ids[begin:begin + 16]])
+        total += token_nll(model, window).sum()       # every token after the BOS
+    assert out["nll"] == pytest.approx(total / 50, rel=1e-5)

@@ -5,7 +5,9 @@ Causal: Hugging Face's sliding-window recipe. Windows of `max_length` tokens sta
 `end - prev_end`), with everything before them in the window as context, so every token is
 scored once. A token with no predecessor in its window cannot be scored: the stream's first
 token, and with `stride == max_length` (non-overlapping windows) the first token of every
-window, so N tokens in W such windows score N - W.
+window, so N tokens in W such windows score N - W. With `bos` (models trained to see one,
+Gemma), every window is [BOS] + its tokens: the BOS is context, so the first token of each
+window is scored too, and N tokens score N.
 
 Masked: whole-word masking. Each line of at least `min_tokens` WordPiece tokens is tokenised
 (with [CLS]/[SEP], truncated to `max_length`); words are a token plus its `##` continuations;
@@ -34,6 +36,14 @@ from dirjax.errors import ConfigError, DataError
 from dirjax.evaluate.batching import bucket_batches, jit_on_model, pad_rows, run_batches
 from dirjax.evaluate.scoring import CHUNK, token_nll
 
+def bos_of(tokenizer) -> int | None:
+    """The BOS id when the tokenizer puts one in front of a text (Gemma, Llama 3), else None
+    (GPT-2, SmolLM2): the `bos="auto"` setting of the eval job."""
+    bos = tokenizer.bos_token_id
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bos if bos is not None and ids and ids[0] == bos else None
+
+
 def tokenize_stream(tokenizer, text: str, max_tokens: int = 0) -> np.ndarray:
     """Token ids `[N]` int32 of `text` as one stream, no special tokens (no BOS); first `max_tokens`."""
     ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
@@ -44,10 +54,12 @@ def tokenize_stream(tokenizer, text: str, max_tokens: int = 0) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- causal LM
 
-def sliding_windows(n: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
+def sliding_windows(n: int, max_length: int, stride: int,
+                    bos: bool = False) -> list[tuple[int, int, int]]:
     """(begin, end, first scored position) of each window over a stream of `n` tokens.
 
-    Token `t` is scored (predicted from tokens begin..t-1) for first <= t < end.
+    Token `t` is scored (predicted from tokens begin..t-1, after a BOS if `bos`) for
+    first <= t < end.
     """
     if max_length < 2 or not 1 <= stride <= max_length:
         raise ConfigError(f"need max_length >= 2 and 1 <= stride <= max_length, "
@@ -55,26 +67,30 @@ def sliding_windows(n: int, max_length: int, stride: int) -> list[tuple[int, int
     windows, prev_end = [], 0
     for begin in range(0, n, stride):
         end = min(begin + max_length, n)
-        # a token needs a predecessor inside its window
-        windows.append((begin, end, max(prev_end, begin + 1)))
+        # a token needs a predecessor inside its window (the BOS is one)
+        windows.append((begin, end, max(prev_end, begin + (0 if bos else 1))))
         prev_end = end
         if end == n:
             break
     return windows
 
 
-def window_arrays(ids: np.ndarray, max_length: int, stride: int):
-    """Windows as padded arrays: tokens, attention mask, score weights, each `[W, max_length]`.
+def window_arrays(ids: np.ndarray, max_length: int, stride: int, bos_id: int | None = None):
+    """Windows as padded arrays: tokens, attention mask, score weights, each `[W, L]`
+    (L = max_length, or max_length + 1 with a BOS in front of every window).
 
     weights[w, j] = 1 when token j of window w is scored (from the logits at j - 1).
     """
-    windows = sliding_windows(len(ids), max_length, stride)
-    shape = (len(windows), max_length)
+    lead = 0 if bos_id is None else 1
+    windows = sliding_windows(len(ids), max_length, stride, bos=bool(lead))
+    shape = (len(windows), max_length + lead)
     tokens, mask, weights = (np.zeros(shape, np.int32) for _ in range(3))
     for w, (begin, end, first) in enumerate(windows):
-        tokens[w, :end - begin] = ids[begin:end]
-        mask[w, :end - begin] = 1
-        weights[w, first - begin:end - begin] = 1
+        if lead:
+            tokens[w, 0], mask[w, 0] = bos_id, 1
+        tokens[w, lead:lead + end - begin] = ids[begin:end]
+        mask[w, :lead + end - begin] = 1
+        weights[w, lead + first - begin:lead + end - begin] = 1
     return tokens, mask, weights
 
 
@@ -94,13 +110,15 @@ def _causal_nll(graphdef, state, tokens, mask, weights, chunk=CHUNK):
 
 
 def causal_perplexity(model, ids, *, max_length: int = 512, stride: int | None = None,
-                      batch_size: int = 4, progress: bool = True, chunk: int | None = CHUNK) -> dict:
+                      batch_size: int = 4, progress: bool = True, chunk: int | None = CHUNK,
+                      bos_id: int | None = None) -> dict:
     """Sliding-window perplexity of a causal LM over the token stream `ids [N]`; the vocabulary
-    is scored `chunk` rows at a time (None: the full `[B, T, V]` logits)."""
+    is scored `chunk` rows at a time (None: the full `[B, T, V]` logits); `bos_id`: every
+    window starts with this BOS token."""
     ids = np.asarray(ids, np.int32)
     if len(ids) < 2:
         raise DataError(f"need at least 2 tokens to measure perplexity, got {len(ids)}")
-    tokens, mask, weights = window_arrays(ids, max_length, stride or max_length)
+    tokens, mask, weights = window_arrays(ids, max_length, stride or max_length, bos_id)
     sums = run_batches(functools.partial(_causal_nll, chunk=chunk), model,
                        (tokens, mask, weights), batch_size, "perplexity", progress)
     count = int(weights[:, 1:].sum())
