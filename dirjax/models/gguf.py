@@ -72,7 +72,12 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
                 if not name.startswith("tokenizer.ggml.")}
         raw = {t.name: dequantize(t.data, t.tensor_type) for t in reader.tensors}
     except Exception as e:  # the gguf package raises ValueError, IndexError, struct errors...
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        end = truncated_at(path)
+        if end is not None:
+            part = "tensor data" if end > 0 and _header_whole(path) else "header"
+            msg = f"truncated at byte {end:,} (the file ends inside its {part})"
+        else:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise WeightsError(f"cannot read GGUF file {path}: {msg}") from None
     arch = meta.get("general.architecture")
     if arch not in ARCHITECTURES:
@@ -277,3 +282,83 @@ def gguf_vocab(path: str | os.PathLike) -> list[str]:
         return list(GGUFReader(path).fields["tokenizer.ggml.tokens"].contents())
     except Exception as e:
         raise WeightsError(f"cannot read the vocabulary of {path}: {e}".splitlines()[0]) from None
+
+
+def _walk(path) -> tuple[int, int] | None:
+    """(end of the header and tensor infos, end of the tensor data) by the GGUF layout, or None
+    when the file is not GGUF at all; raises EOFError where the file ends too early."""
+    import struct
+
+    from gguf.constants import GGML_QUANT_SIZES
+
+    data = Path(path).read_bytes()
+    pos = 0
+
+    def take(fmt):
+        nonlocal pos
+        size = struct.calcsize(fmt)
+        if pos + size > len(data):
+            raise EOFError
+        out = struct.unpack_from(fmt, data, pos)
+        pos += size
+        return out
+
+    def string():
+        nonlocal pos
+        (n,) = take("<Q")
+        if pos + n > len(data):
+            raise EOFError
+        pos += n
+        return data[pos - n:pos]
+
+    scalars = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+               10: "<Q", 11: "<q", 12: "<d"}
+
+    def value(kind):
+        if kind == 8:
+            return string()
+        if kind == 9:
+            item, count = take("<IQ")
+            return [value(item) for _ in range(count)]
+        return take(scalars[kind])[0]
+
+    if data[:4] != b"GGUF":
+        return None if len(data) >= 4 else (0, 0)
+    _, n_tensors, n_kv = take("<4xIQQ")
+    alignment = 32
+    for _ in range(n_kv):
+        key = string()
+        (kind,) = take("<I")
+        v = value(kind)
+        if key == b"general.alignment":
+            alignment = int(v)
+    end = 0
+    for _ in range(n_tensors):
+        string()
+        (n_dims,) = take("<I")
+        dims = take(f"<{n_dims}Q")
+        kind, offset = take("<IQ")
+        block, size = GGML_QUANT_SIZES[kind]
+        end = max(end, offset + int(np.prod(dims)) // block * size)
+    start = -(-pos // alignment) * alignment
+    return pos, start + end
+
+
+def truncated_at(path) -> int | None:
+    """The file's size when it ends before its own layout does (a cut-short download or copy),
+    else None."""
+    size = os.path.getsize(path)
+    try:
+        ends = _walk(path)
+    except EOFError:
+        return size
+    except Exception:   # not truncated: corrupt some other way
+        return None
+    return size if ends is not None and ends[1] > size else None
+
+
+def _header_whole(path) -> bool:
+    try:
+        return _walk(path) is not None
+    except Exception:
+        return False
