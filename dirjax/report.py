@@ -26,7 +26,7 @@ COLUMNS = [("model", "model"), ("method", "method"), ("output", "output"), ("rat
            ("seed", "seed"), ("lr", "lr"), ("tokens", "tokens"),
            ("embedding_bytes", "emb. MB"), ("model_bytes", "model MB"),
            ("achieved_rate", "rate in bytes"), ("svd_solver", "svd"),
-           ("mean_cosine", "mean cos"), ("seconds", "s")]
+           ("mean_cosine", "mean cos"), ("compress_seconds", "compress s"), ("seconds", "s")]
 LOG_METRICS = ("ppl", "mlm_ppl")
 OUTPUT_LABELS = {"tied": " (input + tied head)", "original": " (input only, head kept)"}
 
@@ -68,7 +68,7 @@ def fmt(key: str, v) -> str:
             return f"{v:.3g}"
         if key == "mean_cosine":
             return f"{v:.4f}"
-        if key == "seconds":
+        if key in ("seconds", "compress_seconds"):
             return f"{v:.1f}"
         if key == "lr":
             return f"{v:g}"
