@@ -16,6 +16,7 @@ crash) never sees a half-written file.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -126,14 +127,12 @@ def plot(rows: list[dict], path: str | os.PathLike) -> None:
         if mine:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    png = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        fig.savefig(png, format="png", dpi=110)
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, png.getvalue())
 
 
 HIGHER_IS_BETTER = ("spearman_x100",)
