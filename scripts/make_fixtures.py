@@ -11,6 +11,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 
-for script in ("fixtures_gpt2_bert.py", "fixtures_llama.py", "fixtures_gemma3.py"):
+for script in ("fixtures_gpt2_bert.py", "fixtures_llama.py", "fixtures_gemma3.py",
+               "fixtures_export.py"):   # the export reads the tiny fixtures above
     print(f"== {script}")
     runpy.run_path(str(HERE / script), run_name="__main__")

@@ -23,7 +23,8 @@ Options, each measured in `bench/quality_explore.py`:
 
 Bytes, as stored packed: ceil(d * bits[v] / 8) per row for the codes, 4 per group (fp16 scale
 and offset), V/2 for the per-row bit widths when they vary (4 bits each), 4*d for the mean when
-centred, 8 for the rotation seed when rotated. In memory the codes are unpacked uint8 `[V, d]`.
+centred, 8 for the rotation seed when rotated: exactly what `export()` saves (`pack_rows`).
+In memory the codes are unpacked uint8 `[V, d]`.
 rate = V * d * 4 / storage_bytes().
 
 Registered methods (dirjax.compress.METHODS): quant (rotate + center + clip, allocation
@@ -70,18 +71,39 @@ class QuantizedEmbedding(nnx.Module, Described):
         self.seed = int(seed)
 
     def export(self) -> tuple[dict, dict]:
-        """(arrays, static fields) for `store.save_compressed`. The rotation is saved as the
-        seed it is drawn from (as `storage_bytes` counts it) and drawn again on restore."""
-        names = ["codes", "bits", "scale", "offset"] + (["mean"] if self.mean is not None else [])
-        arrays = {n: np.asarray(getattr(self, n)[...]) for n in names}
+        """(arrays, static fields) for `store.save_compressed`, in the packed form that
+        `storage_bytes` counts: each row's codes bit-packed at its own width
+        (`pack_rows`), the widths as 4-bit nibbles (none when every row has the same width:
+        that one width is a static field), fp16 scale/offset, the mean row. The rotation is
+        saved as the seed it is drawn from and drawn again on restore."""
+        codes, bits = np.asarray(self.codes[...]), np.asarray(self.bits[...])
+        arrays = {"packed_codes": pack_rows(codes, bits)}
+        uniform = bool(np.all(bits == bits[0]))
+        if not uniform:
+            arrays["widths"] = pack_nibbles(bits)
+        arrays["scale"] = np.asarray(self.scale[...])
+        arrays["offset"] = np.asarray(self.offset[...])
+        if self.mean is not None:
+            arrays["mean"] = np.asarray(self.mean[...])
         return arrays, {"group": self.group, "seed": self.seed,
-                        "rotate": self.rotation is not None}
+                        "rotate": self.rotation is not None, "packed": True,
+                        "width": int(bits[0]) if uniform else None,
+                        "vocab": int(codes.shape[0]), "features": int(codes.shape[1])}
 
     @classmethod
     def restore(cls, arrays: dict, static: dict, **described) -> "QuantizedEmbedding":
-        d = arrays["codes"].shape[1]
+        """From `export()`'s packed arrays, or from the first saved form (unpacked uint8
+        `codes [V, d]` and `bits [V]`)."""
+        if static.get("packed"):
+            v, d = static["vocab"], static["features"]
+            bits = (np.full(v, static["width"], np.uint8) if static.get("width") is not None
+                    else unpack_nibbles(arrays["widths"], v))
+            codes = unpack_rows(arrays["packed_codes"], bits, d)
+        else:
+            codes, bits = arrays["codes"], arrays["bits"]
+            d = codes.shape[1]
         rotation = random_rotation(d, static["seed"]) if static["rotate"] else None
-        return cls(arrays["codes"], arrays["bits"], arrays["scale"], arrays["offset"],
+        return cls(codes, bits, arrays["scale"], arrays["offset"],
                    static["group"], arrays.get("mean"), rotation, static["seed"], **described)
 
     @property
@@ -161,6 +183,70 @@ def overhead_bytes(v: int, d: int, group: int, *, mixed: bool, mean: bool, rotat
     params = v * (d // group) * 4
     widths = (v + 1) // 2 if mixed else 0
     return params + widths + (4 * d if mean else 0) + (8 if rotate else 0)
+
+
+# ----------------------------------------------------------------------------- packed form
+PACK_ROWS = 8192   # rows bit-packed at a time (bounds the [rows, d, bits] temporary)
+
+
+def row_bytes(bits: np.ndarray, d: int) -> np.ndarray:
+    """Packed bytes of each row: ceil(d * bits[v] / 8) `[V]` int64."""
+    return (d * np.asarray(bits, np.int64) + 7) // 8
+
+
+def pack_rows(codes: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """codes `[V, d]` uint8 (row v < 2**bits[v]) -> one uint8 buffer of sum(row_bytes) bytes:
+    row after row, each row's d codes as bits[v]-bit little-endian fields, padded to a byte."""
+    v, d = codes.shape
+    sizes = row_bytes(bits, d)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    out = np.zeros(int(sizes.sum()), np.uint8)
+    for b in np.unique(bits):
+        rows = np.flatnonzero(bits == b)
+        shifts = np.arange(int(b), dtype=np.uint8)
+        for i in range(0, len(rows), PACK_ROWS):
+            r = rows[i:i + PACK_ROWS]
+            planes = (codes[r][..., None] >> shifts) & 1                     # [n, d, b]
+            packed = np.packbits(planes.reshape(len(r), -1), axis=1, bitorder="little")
+            out[starts[r][:, None] + np.arange(packed.shape[1])] = packed
+    return out
+
+
+def unpack_rows(buffer: np.ndarray, bits: np.ndarray, d: int) -> np.ndarray:
+    """Inverse of `pack_rows`: -> codes `[V, d]` uint8."""
+    from dirjax.errors import WeightsError
+    buffer = np.asarray(buffer, np.uint8).reshape(-1)
+    bits = np.asarray(bits)
+    sizes = row_bytes(bits, d)
+    if buffer.size != int(sizes.sum()) or np.any(bits < 1) or np.any(bits > MAX_BITS):
+        raise WeightsError(f"packed codes hold {buffer.size} bytes, the row widths need "
+                           f"{int(sizes.sum())} (widths {bits.min()}..{bits.max()})")
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    codes = np.zeros((bits.shape[0], d), np.uint8)
+    for b in np.unique(bits):
+        rows = np.flatnonzero(bits == b)
+        weights = (1 << np.arange(int(b))).astype(np.uint8)
+        for i in range(0, len(rows), PACK_ROWS):
+            r = rows[i:i + PACK_ROWS]
+            packed = buffer[starts[r][:, None] + np.arange(int(sizes[r[0]]))]
+            planes = np.unpackbits(packed, axis=1, count=d * int(b), bitorder="little")
+            codes[r] = (planes.reshape(len(r), d, int(b)) * weights).sum(-1, dtype=np.uint8)
+    return codes
+
+
+def pack_nibbles(bits: np.ndarray) -> np.ndarray:
+    """Widths `[V]` (1..8) -> ceil(V / 2) bytes, two 4-bit widths a byte (low nibble first)."""
+    b = np.asarray(bits, np.uint8)
+    if b.size % 2:
+        b = np.append(b, np.uint8(0))
+    return (b[0::2] | (b[1::2] << 4)).astype(np.uint8)
+
+
+def unpack_nibbles(packed: np.ndarray, v: int) -> np.ndarray:
+    packed = np.asarray(packed, np.uint8).reshape(-1)
+    out = np.empty(packed.size * 2, np.uint8)
+    out[0::2], out[1::2] = packed & 15, packed >> 4
+    return out[:v]
 
 
 # ----------------------------------------------------------------------------- building blocks

@@ -6,7 +6,9 @@
     joined once into a cache directory, `$DIRJAX_CACHE` or ~/.cache/dirjax);
   - a local directory holding a Hugging Face checkpoint (config.json + *.safetensors);
   - a `.gguf` file of a Llama-family or Gemma 3 model;
-  - a Hugging Face Hub id ("gpt2", "bert-base-uncased", ...), downloaded (safetensors only).
+  - a Hugging Face Hub id ("gpt2", "bert-base-uncased", ...), downloaded (safetensors only);
+  - a folder written by `dirjax.save_model` (dirjax/saved.py).
+The model remembers its source and dtype (`dirjax.saved.origin(model)`).
 """
 from __future__ import annotations
 
@@ -138,8 +140,18 @@ def load_model(source: str | os.PathLike, dtype=None, tokenizer: str | os.PathLi
     The model is `dirjax.models.gpt2.GPT2`, `.bert.Bert`, `.llama.Llama` or `.gemma3.Gemma3`;
     parameters in float32 unless `dtype` says otherwise. The tokenizer is the checkpoint's own
     (a directory without tokenizer files is an error), or `tokenizer` (a tokenizer directory
-    or Hub id) when given.
+    or Hub id) when given. A folder written by `dirjax.save_model` gives back the saved
+    compressed model (its source loaded, the saved embedding swapped in).
     """
+    from dirjax import saved
+    if saved.is_saved_model(source):   # a folder written by dirjax.save_model
+        return saved.load_saved_model(source, dtype=dtype, tokenizer=tokenizer)
+    model, tok = _load_source(source, dtype, tokenizer)
+    saved.remember_origin(model, source, dtype, tokenizer)   # what save_model / export_hf need
+    return model, tok
+
+
+def _load_source(source, dtype, tokenizer):
     from dirjax.models.weights import TOKENIZER_SOURCE, load_tokenizer
     if not tokenizer:
         return _load(str(source), dtype)
@@ -177,7 +189,8 @@ def _load(source: str, dtype):
         raise UnknownSourceError(f"{path}: expected a .gguf file or a checkpoint directory")
     config_file = path / "config.json"
     if not config_file.exists():
-        raise UnknownSourceError(f"{path} has no config.json: not a Hugging Face checkpoint")
+        raise UnknownSourceError(f"{path} has no config.json: not a Hugging Face checkpoint "
+                                 "(nor a model saved by dirjax.save_model)")
     try:
         config = json.loads(config_file.read_text())
     except json.JSONDecodeError as e:
