@@ -10,9 +10,9 @@ compressed too (output=tied) and with the original head kept (output=original), 
 causal perplexity on the first 8,192 tokens of the held-out `pydoc_data.topics` slice (every
 fourth topic; 16 windows of 512, 8,176 tokens scored). Work directory: runs/default.
 
-Expected (2-core CPU, 3.5 min; `make demo` from a fresh clone 4 min 41 s): original 15.22; svd 39,228 tied / 10,959
-original head; ae 7,468 / 7,905; quant_gptq 15.38 / 15.30 (1.01x). Low rank
-alone cannot serve this model; the printed verdict says so.
+Expected (2-core CPU, 3.5 min; `make demo` from a fresh clone 4 min 41 s): original 15.22;
+svd (exact) 32,655 tied / 12,171 original head; ae 7,468 / 7,905; quant_gptq 15.38 / 15.30
+(1.01x). Low rank alone cannot serve this model; the printed verdict says so.
 """
 from dirjax.config import base_config
 

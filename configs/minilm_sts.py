@@ -7,14 +7,14 @@ dev pairs. 30522 x 384 table (no LM head: only the input side is compressed), ra
 Without data_dir the pairs come from the Hub (`datasets`, glue/stsb validation).
 Work directory: runs/minilm_sts.
 
-Expected (measured 2026-11-24 on the shared 2-core CPU, 16 min 47 s wall under heavy load):
+Expected (SVD rows: exact SVD, 2026-12-02; AE rows 2026-11-24; shared 2-core CPU, ~17 min):
 
 | method   | rate | rank | Spearman x100 | mean row cosine |
 |----------|------|------|---------------|-----------------|
 | original | 1    | -    | 86.73         | -               |
-| svd      | 5    | 75   | 77.27         | 0.716           |
+| svd      | 5    | 75   | 77.79         | 0.719           |
 | ae       | 5    | 75   | 75.89         | 0.720           |
-| svd      | 10   | 37   | 72.88         | 0.579           |
+| svd      | 10   | 37   | 71.40         | 0.583           |
 | ae       | 10   | 37   | 66.78         | 0.585           |
 
 The original matches the PyTorch measurement (86.7). The paper's AE reconstructs rows with a

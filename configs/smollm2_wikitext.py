@@ -8,20 +8,20 @@ wikitext-2-raw-v1), identical to the shared file. First 16,384 tokens, no BOS, 3
 non-overlapping windows of 512: 16,352 tokens scored, as the PyTorch reference measurement
 (original model: 28.82). Work directory: runs/smollm2_wikitext.
 
-Expected (measured 2026-11-24 on the shared 2-core CPU, 40 min 40 s wall under heavy load;
-"tied" = input and tied head both compressed, "original" = input only, head kept):
+Expected ("tied" = input and tied head both compressed, "original" = input only, head kept;
+SVD rows: exact SVD, 2026-12-02; AE rows 2026-11-24, shared 2-core CPU, ~40 min wall):
 
 | method   | rate | rank | ppl, tied | ppl, original head | mean row cosine |
 |----------|------|------|-----------|--------------------|-----------------|
 | original | 1    | -    | 28.82     |                    | -               |
-| svd      | 5    | 113  | 100,574   | 7,269              | 0.801           |
+| svd      | 5    | 113  | 60,965    | 9,070              | 0.806           |
 | ae       | 5    | 113  | 6,114     | 8,096              | 0.806           |
-| svd      | 10   | 56   | 30,385    | 11,831             | 0.756           |
+| svd      | 10   | 56   | 25,909    | 12,658             | 0.759           |
 | ae       | 10   | 56   | 7,011     | 11,653             | 0.760           |
 
-The original matches the PyTorch reference 28.82 (28.8198). The AE beats SVD when the tied
-head is compressed too; with the head kept, it does NOT beat SVD at rate 5 (8,096 vs 7,269)
-and only barely at rate 10. Every compressed model is unusable (ppl in the thousands).
+The original matches the PyTorch reference 28.82 (28.8198). The AE beats the exact SVD in all
+four settings, by far only when the tied head is compressed too. Every compressed model is
+unusable (ppl in the thousands).
 """
 from dirjax.config import base_config
 
