@@ -10,7 +10,7 @@ the compile time, and the estimated wall time of one epoch on the task's train s
 the whole sweep (3 epochs x methods x seeds). On a shared CPU the figures vary with the load.
 
     .venv/bin/python bench/finetune_speed.py --model bert-base --random  # bert-base-sized,
-        random weights (no download): the GPU measurement of issue 5 item 3
+        random weights (no download): the GPU measurement of fine-tuning throughput
 """
 from __future__ import annotations
 

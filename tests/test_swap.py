@@ -1,4 +1,4 @@
-"""swap_embedding on the tiny GPT-2 and BERT (issue 2, item 3).
+"""swap_embedding on the tiny GPT-2 and BERT: input lookup and tied head.
 
 - a module that reproduces the table exactly changes no logit (dense and low-rank);
 - a different table with output="original" changes the input side only: the logits equal

@@ -1,7 +1,8 @@
-"""Calibration data for the output- and frequency-aware quantisers (issue 6).
+"""Calibration data for the output- and frequency-aware quantisers (quant_freq, quant_gptq).
 
-Collected from text DISJOINT from the evaluation text (default: WikiText-2 *valid* when the
-evaluation is WikiText-2 test; stdlib `pydoc_data.topics` prose otherwise):
+Collected from text DISJOINT from the evaluation text. The runner chooses it from the method's
+`calibration` option, by default WikiText-2 *validation* when the evaluation text is
+WikiText-2, else the stdlib "train" topics (`dirjax.config`); from Python, pass any text:
 
     counts  `[V]`   token counts of the calibration text (mixed precision by frequency)
     hidden  `[N, d]` final hidden states of the ORIGINAL model on its first N tokens (GPTQ on the
