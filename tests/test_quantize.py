@@ -178,3 +178,24 @@ def test_quant_gptq_method_needs_hidden_and_lowers_logit_error():
     def logit_err(e):
         return float(np.mean((h @ (np.asarray(e.table()) - t).T) ** 2))
     assert logit_err(gptq) < 0.9 * logit_err(freq), (logit_err(gptq), logit_err(freq))
+
+
+@pytest.mark.parametrize("method", ["quant", "quant_gptq"])
+@pytest.mark.parametrize("group", [64, 16])
+def test_rows_in_slices_give_the_whole_table_result(monkeypatch, method, group):
+    """Rounding, the clip search and the width errors run QUANT_ROWS rows at a time (cache-sized
+    temporaries for a 262k-row table): every slicing gives exactly the one-piece result."""
+    table, counts = flat_table(3) * 0.05, zipf_counts(3)
+    hidden = np.random.default_rng(4).standard_normal((256, D)).astype(np.float32)
+
+    def run(rows):
+        monkeypatch.setattr(Q, "QUANT_ROWS", rows)
+        if method == "quant":
+            return Q.quant_method(table, rate=5, group=group)
+        return Q.quant_gptq_method(table, rate=5, group=group, counts=counts, hidden=hidden)
+
+    whole, sliced = run(10 ** 9), run(37)   # 37: slices that do not divide V or the groups
+    for name in ("codes", "bits", "scale", "offset", "mean"):
+        np.testing.assert_array_equal(np.asarray(getattr(sliced, name)[...]),
+                                      np.asarray(getattr(whole, name)[...]), err_msg=name)
+    assert len(np.unique(np.asarray(whole.bits[...]))) > 1   # mixed widths were allocated
