@@ -22,30 +22,44 @@ import numpy as np
 # name -> (function name in dirjax.compress.{vq,quantize}, options); counts/hidden passed when
 # the preset says so.
 FINE = ((16, 8), (8, 8), (8, 12), (4, 8), (4, 12), (2, 8))   # 0.5 1 1.5 2 3 4 bits/entry
+FIRST = dict(floor=1.0, head_weight=0.5, ldlq_rounds=1)       # the first defaults
+CH = ("counts", "hidden")
+
+
+def _vq(calib=CH, **options):
+    """A vq preset: the first defaults overridden by `options`."""
+    return ("vq.vq_method", {**FIRST, **options}, calib)
+
+
 PRESETS = {
-    "quant_gptq": ("quantize.quant_gptq_method", dict(), ("counts", "hidden")),
+    "quant_gptq": ("quantize.quant_gptq_method", dict(), CH),
     "quant_freq": ("quantize.quant_freq_method", dict(), ("counts",)),
-    # plain vector codes (no gain), one codebook per tier, widths by frequency
-    "vq_plain": ("vq.vq_method", dict(norm="none"), ("counts",)),
-    "vq_plain_h09": ("vq.vq_method", dict(norm="none", head_weight=0.9), ("counts", "hidden")),
-    # norm stored apart (8-bit log), direction coded
-    "vq_norm": ("vq.vq_method", dict(norm="log8"), ("counts",)),
-    "vq_norm_ls": ("vq.vq_method", dict(norm="log8", gain="ls"), ("counts",)),
-    "vq_norm_fp16": ("vq.vq_method", dict(norm="fp16"), ("counts",)),
-    "vq_flat": ("vq.vq_method", dict(norm="log8"), ()),
+    "vq": ("vq.vq_method", dict(), CH),               # vq_method's defaults: what is kept
+    # no hidden states: nearest codes; plain vector codes (no gain) vs the norm stored apart
+    "vq_plain": _vq(("counts",), norm="none"),
+    "vq_norm": _vq(("counts",)),
+    "vq_norm_ls": _vq(("counts",), gain="ls"),
+    "vq_norm_fp16": _vq(("counts",), norm="fp16"),
+    "vq_flat": _vq(()),
     # + LDLQ against the hidden-state second moment
-    "vq": ("vq.vq_method", dict(norm="log8"), ("counts", "hidden")),
-    "vq_ls": ("vq.vq_method", dict(norm="log8", gain="ls"), ("counts", "hidden")),
-    "vq_hls": ("vq.vq_method", dict(norm="log8", gain="hls"), ("counts", "hidden")),
-    "vq_h09_hls": ("vq.vq_method", dict(norm="log8", gain="hls", head_weight=0.9), ("counts", "hidden")),
-    "vq_fine": ("vq.vq_method", dict(norm="log8", tiers=FINE), ("counts", "hidden")),
-    "vq_h1_hls": ("vq.vq_method", dict(norm="log8", gain="hls", head_weight=1.0), ("counts", "hidden")),
-    "vq_h097_hls": ("vq.vq_method", dict(norm="log8", gain="hls", head_weight=0.97), ("counts", "hidden")),
-    "vq_h09_w": ("vq.vq_method", dict(norm="log8", gain="hls", head_weight=0.9, weighted=True), ("counts", "hidden")),
-    "vq_fine_h09": ("vq.vq_method", dict(norm="log8", gain="hls", head_weight=0.9, tiers=FINE), ("counts", "hidden")),
-    "vq_h09": ("vq.vq_method", dict(norm="log8", head_weight=0.9), ("counts", "hidden")),
-    "vq_f025": ("vq.vq_method", dict(norm="log8", floor=0.25), ("counts", "hidden")),
-    "vq_f4": ("vq.vq_method", dict(norm="log8", floor=4.0), ("counts", "hidden")),
+    "vq_h05": _vq(),
+    "vq_ls": _vq(gain="ls"),
+    "vq_hls": _vq(gain="hls"),
+    "vq_h09": _vq(head_weight=0.9),
+    "vq_plain_h09": _vq(norm="none", head_weight=0.9),
+    "vq_h09_hls": _vq(gain="hls", head_weight=0.9),
+    "vq_h097_hls": _vq(gain="hls", head_weight=0.97),
+    "vq_h1_hls": _vq(gain="hls", head_weight=1.0),
+    "vq_h09_w": _vq(gain="hls", head_weight=0.9, weighted=True),
+    "vq_fine": _vq(tiers=FINE),
+    "vq_fine_h09": _vq(gain="hls", head_weight=0.9, tiers=FINE),
+    "vq_h09_r2": _vq(head_weight=0.9, ldlq_rounds=2),
+    "vq_h09_f025": _vq(head_weight=0.9, floor=0.25),
+    "vq_h09_f01": _vq(head_weight=0.9, floor=0.1),
+    "vq_refine": ("vq.vq_method", dict(refine_steps=60), CH),
+    "vq_refine200": ("vq.vq_method", dict(refine_steps=200), CH),
+    "vq_f025": _vq(floor=0.25),
+    "vq_f4": _vq(floor=4.0),
 }
 
 
