@@ -2,6 +2,7 @@
 no-cache `greedy` reference, on the tiny random Llama and GPT-2 checkpoints."""
 from __future__ import annotations
 
+import functools
 from functools import partial
 from pathlib import Path
 
@@ -18,12 +19,27 @@ from dirjax.models.generate import generate, greedy, sample
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TEXTS = ["The quick brown", "Hello world, this is a somewhat longer prompt", "A"]
+N = 8  # new tokens in every test: one compile of each step serves them all
 
 
-@pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2"])
+@functools.cache
+def load(name: str):
+    """(model, prompts, the no-cache greedy continuation of each prompt), once per session."""
+    model, tokenizer = load_model(FIXTURES / name)
+    prompts = [tokenizer(t)["input_ids"] for t in TEXTS]
+    return model, prompts, [greedy(model, p, N) for p in prompts]
+
+
+@pytest.fixture(params=["tiny-llama", "tiny-gpt2"])
 def loaded(request):
-    model, tokenizer = load_model(FIXTURES / request.param)
-    return model, [tokenizer(t)["input_ids"] for t in TEXTS]
+    """Each model: for what each model's `decode` does."""
+    return load(request.param)
+
+
+@pytest.fixture
+def llama():
+    """One model: for what `generate` does on top of any model's decode (sampling, stops)."""
+    return load("tiny-llama")
 
 
 @partial(jax.jit, static_argnums=0)
@@ -70,9 +86,8 @@ def decode_against_forward(model, prompts, side, atol):
 
 
 def test_decode_logits_equal_the_no_cache_forward(loaded):
-    model, prompts = loaded
-    for p in prompts:
-        decode_against_forward(model, [p], "left", atol=1e-5)
+    model, prompts, reference = loaded
+    decode_against_forward(model, prompts[1:2], "left", atol=1e-5)
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -80,44 +95,46 @@ def test_batched_decode_logits_equal_each_row_alone(loaded, side):
     """Rows of different lengths in one batch. A batch of 3 rounds its products differently
     from a batch of 1: the no-cache forward of the padded batch is up to 2e-5 from each row
     alone too (logits up to ~5), hence 3e-5 here."""
-    model, prompts = loaded
+    model, prompts, _ = loaded
     decode_against_forward(model, prompts, side, atol=3e-5)
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_generate_equals_no_cache_greedy(loaded, side):
-    model, prompts = loaded
-    expected = [greedy(model, p, 8) for p in prompts]
-    assert generate(model, prompts, 8, padding_side=side) == expected
-    assert generate(model, prompts[:1], 8) == expected[:1]  # batch 1 too
+    model, prompts, reference = loaded
+    assert generate(model, prompts, N, padding_side=side) == reference
+    assert generate(model, prompts[:1], N) == reference[:1]  # batch 1 too
 
 
 def test_decode_step_compiles_once(loaded):
     """One compile for the prefill of a prompt length and one for all decode steps of a
     (batch, max_len): a second call with the same shapes compiles nothing."""
-    model, prompts = loaded
-    gen._step.clear_cache()
-    generate(model, prompts, 6)
-    assert gen._step._cache_size() == 2
-    generate(model, [list(reversed(p)) for p in prompts], 6)
-    assert gen._step._cache_size() == 2
+    model, prompts, _ = loaded
+    graphdef, state = nnx.split(model)
+    step = gen.compiled_step(graphdef, jax.tree.structure(state), (0.0, None, None))
+    step.clear_cache()
+    generate(model, prompts, N)
+    assert step._cache_size() == 2
+    generate(model, [list(reversed(p)) for p in prompts], N)
+    assert step._cache_size() == 2
+    generate(model, prompts, N - 1)  # another max_len (the cache's shape): both compile again
+    assert step._cache_size() == 4
 
 
-def test_sampling_is_deterministic_per_seed(loaded):
-    model, prompts = loaded
-    run = partial(generate, model, prompts, 10, temperature=1.0)
+def test_sampling_is_deterministic_per_seed(llama):
+    model, prompts, reference = llama
+    run = partial(generate, model, prompts, N, temperature=1.0)
     first = run(seed=1)
     assert run(seed=1) == first
     assert run(seed=2) != first
-    assert first != generate(model, prompts, 10)  # random weights: sampling is not greedy
+    assert first != reference  # random weights: sampling is not greedy
     assert run(seed=1, top_k=4, top_p=0.9) == run(seed=1, top_k=4, top_p=0.9)
 
 
-def test_top_k_1_and_tiny_top_p_are_greedy(loaded):
-    model, prompts = loaded
-    expected = generate(model, prompts, 8)
-    assert generate(model, prompts, 8, temperature=1.0, top_k=1, seed=3) == expected
-    assert generate(model, prompts, 8, temperature=1.0, top_p=1e-6, seed=3) == expected
+def test_top_k_1_and_tiny_top_p_are_greedy(llama):
+    model, prompts, reference = llama
+    assert generate(model, prompts, N, temperature=1.0, top_k=1, seed=3) == reference
+    assert generate(model, prompts, N, temperature=1.0, top_p=1e-6, seed=3) == reference
 
 
 def test_sample_keeps_top_k_and_nucleus():
@@ -134,11 +151,11 @@ def test_sample_keeps_top_k_and_nucleus():
     assert np.asarray(sample(logits, keys[0])).tolist() == [1]  # temperature 0: argmax
 
 
-def test_eos_and_stop_sequences_end_a_row(loaded):
-    model, prompts = loaded
-    full = generate(model, prompts, 8)
+def test_eos_and_stop_sequences_end_a_row(llama):
+    model, prompts, reference = llama
+    full = reference
     eos = full[0][2]
-    ended = generate(model, prompts, 8, eos_id=eos)
+    ended = generate(model, prompts, N, eos_id=eos)
 
     def cut(tokens, ids=(), stop=None):  # up to and including the first of `ids` or `stop`
         for n in range(1, len(tokens) + 1):
@@ -149,15 +166,15 @@ def test_eos_and_stop_sequences_end_a_row(loaded):
     assert ended == [cut(row, {eos}) for row in full]
     assert len(ended[0]) <= 3
     both = {full[0][1], full[1][0]}
-    assert generate(model, prompts, 8, eos_id=list(both)) == [cut(row, both) for row in full]
+    assert generate(model, prompts, N, eos_id=list(both)) == [cut(row, both) for row in full]
     # a stop sequence ends its row after the sequence; the other rows go on
     stop = full[1][3:5]
-    out = generate(model, prompts, 8, stop=[stop])
+    out = generate(model, prompts, N, stop=[stop])
     assert out == [cut(row, stop=stop) for row in full]
     assert len(out[1]) <= 5
-    assert generate(model, prompts, 8, stop=[[-1, -2]]) == full  # never met
-    # every row ended: the loop stops early, all rows agree with the reference
-    assert generate(model, prompts[:1], 8, eos_id=full[0][0]) == [full[0][:1]]
+    assert generate(model, prompts, N, stop=[[-1, -2]]) == full  # never met
+    # a row that ends at its first token
+    assert generate(model, prompts[:1], N, eos_id=full[0][0]) == [full[0][:1]]
 
 
 def test_compressed_embedding_generates_like_its_no_cache_path(loaded):
@@ -165,15 +182,15 @@ def test_compressed_embedding_generates_like_its_no_cache_path(loaded):
     embedding lookup and `attend` as through the forward."""
     from dirjax.compress import compress
 
-    model, prompts = loaded
+    model, prompts, reference = loaded
     small = swap_embedding(model, compress(model.embedding.table(), rate=4, method="svd"))
-    expected = [greedy(small, p, 8) for p in prompts]
-    assert generate(small, prompts, 8) == expected
-    assert expected != [greedy(model, p, 8) for p in prompts]  # the swap changed the model
+    expected = [greedy(small, p, N) for p in prompts]
+    assert generate(small, prompts, N) == expected
+    assert expected != reference  # the swap changed the model
 
 
-def test_bad_arguments_are_config_errors(loaded):
-    model, prompts = loaded
+def test_bad_arguments_are_config_errors(llama):
+    model, prompts, _ = llama
     with pytest.raises(ConfigError, match="padding_side"):
         generate(model, prompts, 4, padding_side="middle")
     with pytest.raises(ConfigError, match="at least one token"):
