@@ -3,13 +3,14 @@ transformers-PyTorch (torch==2.13.0) as an ordinary model, its logits saved.
 
     .venv/bin/python scripts/fixtures_export.py     # after fixtures_llama.py / fixtures_gpt2_bert.py
 
-Writes tests/fixtures/golden_export_{llama,gpt2}.npz: the inputs (a right-padded batch), the
+Writes tests/fixtures/golden_export_{llama,gpt2,gemma3}.npz: the inputs (a right-padded batch), the
 logits of the export under transformers, and how the model was compressed (method, rate,
 output), which tests/test_export.py redoes without torch (deterministic: fixed seeds, the
 tiny fixtures) and compares within 1e-4.
   llama  tiny-llama (tied), `quant` at rate 10, output="original": the export unties,
          lm_head keeps the original table (LlamaForCausalLM)
   gpt2   tiny-gpt2 (tied), `svd` at rate 10, output="tied" (GPT2LMHeadModel)
+  gemma3 tiny-gemma3 (tied), `quant` at rate 8, output="tied" (Gemma3ForCausalLM)
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ CASES = {
               "cls": "LlamaForCausalLM"},
     "gpt2": {"fixture": "tiny-gpt2", "method": "svd", "rate": 10.0, "output": "tied",
              "cls": "GPT2LMHeadModel"},
+    "gemma3": {"fixture": "tiny-gemma3", "method": "quant", "rate": 8.0, "output": "tied",
+               "cls": "Gemma3ForCausalLM"},
 }
 
 
