@@ -195,6 +195,11 @@ def test_bad_arguments_are_config_errors(llama):
         generate(model, prompts, 4, padding_side="middle")
     with pytest.raises(ConfigError, match="at least one token"):
         generate(model, [prompts[0], []], 4)
+    with pytest.raises(ConfigError, match="top_p"):
+        generate(model, prompts, 4, temperature=1.0, top_p=1.5)
+    bert, _ = load_model(FIXTURES / "tiny-bert")
+    with pytest.raises(ConfigError, match="not a causal LM"):
+        generate(bert, prompts, 4)
     assert generate(model, prompts, 0) == [[], [], []]
 
 

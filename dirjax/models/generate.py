@@ -170,9 +170,14 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *,
         raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ConfigError("generate needs at least one prompt, each of at least one token")
+    if not hasattr(model, "decode"):
+        raise ConfigError(f"{type(model).__name__} has no KV-cache decode: not a causal LM")
+    if temperature < 0 or (top_k is not None and top_k < 1) or not 0 < (top_p or 1) <= 1:
+        raise ConfigError(f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1; got "
+                          f"{temperature}, {top_k}, {top_p}")
     if max_new_tokens < 1:
         return [[] for _ in prompts]
-    eos = set([] if eos_id is None else [eos_id] if isinstance(eos_id, int) else eos_id)
+    eos = set(np.atleast_1d([] if eos_id is None else eos_id).tolist())
     stops = [list(s) for s in stop or [] if len(s)]
     sampling = (float(temperature), top_k, top_p)
 
