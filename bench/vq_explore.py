@@ -10,6 +10,16 @@ and is cached under --cache. Windows of 512, no BOS (as configs/smollm2_wikitext
     .venv/bin/python bench/vq_explore.py --data ../shared/data --tokens 4096 \
         --presets vq,vq_plain,quant_gptq --rates 16,32
     .venv/bin/python bench/vq_explore.py --list
+
+Measured (shared, heavily loaded 2-core CPU; compression seconds under that load), tied ppl,
+4,096 tokens (original 30.64), rate 16 / rate 32 (quant_gptq 40.41 / refused below 1 bit):
+    vq_norm (no hidden) 44.83 / 141.67    vq_h05 36.78 / 59.97     vq_h09 35.97 / 56.47
+    vq_plain_h09 36.82 / 56.50            vq_h09_hls 36.38 / 56.76  vq_ls 36.89 / -
+    vq_h09_r2 35.46 / 55.88               vq_h09_f025 - / 53.63     vq_h09_f01 - / 56.21
+    vq_fine_h09 35.84 (orig head 32.34, 1,192 s to compress) / -
+16,384 tokens (original 28.82), `--presets vq --rates 16` (and 32) `--tokens 16384 --orig`:
+    vq rate 16: tied 33.68 (1.17x), original head 30.45 (1.06x), 465 s
+    vq rate 32: tied 48.08 (1.67x), original head 34.79 (1.21x), 403 s
 """
 from __future__ import annotations
 
