@@ -207,3 +207,17 @@ def test_gpt2_cache_longer_than_its_positions_is_refused():
     model, _ = load_model(FIXTURES / "tiny-gpt2")
     with pytest.raises(ConfigError, match="128 positions"):
         generate(model, [[1, 2, 3]], 126)
+
+
+@pytest.mark.slow
+def test_smollm2_generates_transformers_greedy_tokens():
+    """SmolLM2-135M, batched with a longer prompt (left padding): the France row is
+    transformers' greedy continuation token for token (golden from scripts/fixtures_llama.py)."""
+    golden = np.load(FIXTURES / "golden_smollm2.npz")
+    model, tokenizer = load_model("smollm2-135m")
+    france = tokenizer("The capital of France is")["input_ids"]
+    other = tokenizer("Once upon a time, in a small village by the sea, there lived")["input_ids"]
+    want = list(golden["france_continuation"])
+    out = generate(model, [france, other], len(want))
+    assert out[0] == want
+    assert out[1] == greedy(model, other, len(want))
