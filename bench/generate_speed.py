@@ -24,7 +24,6 @@ import statistics
 import time
 
 import jax
-import numpy as np
 
 from dirjax import load_model
 from dirjax.models import resolve_alias
@@ -115,7 +114,7 @@ def main():
                      f"tokens/s | ratio dirjax / PyTorch tokens/s {med['pytorch'] / med['dirjax']:.2f}"
                      f" | rows with identical tokens {agree}/{B}")
         print(line, flush=True)
-        print(f"  rounds (s): " + "  ".join(f"{k} " + ",".join(f"{t:.2f}" for t in v)
+        print("  rounds (s): " + "  ".join(f"{k} " + ",".join(f"{t:.2f}" for t in v)
                                            for k, v in times.items() if v))
 
 
