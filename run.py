@@ -75,6 +75,9 @@ def main(argv: list[str]) -> None:
     except DirjaxError as e:
         fail(str(e))
     print(report.summary(rows))
+    samples = Path(workdir) / "samples.md"
+    if config.get("prompt") and samples.exists():
+        print("\n" + samples.read_text())
     print(f"results in {workdir}/: results.json, results.md, plot.png")
 
 

@@ -31,4 +31,7 @@ def get_config():
         "quant_gptq": {"calibration": {"dataset": "stdlib", "split": "train", "n_hidden": 8192}}}
     config.rates = (10.0,)
     config.outputs = ("tied", "original")
+    # after the table: the original's and the best compressed model's continuations
+    config.prompt = "The most important property of a Python list is"
+    config.prompt_tokens = 32
     return config

@@ -53,6 +53,8 @@ EVAL = {
     "mlm_min_tokens": 20,
     "seed": 0,                      # masking seed (mlm_ppl)
     "outputs": ("tied", "original"),  # for tied LM heads; ignored by models without one
+    "prompt": "",                   # causal_ppl: after the sweep, greedy continuations of this
+    "prompt_tokens": 32,            # prompt by the original and the best compressed model
 }
 
 FINETUNE = {
@@ -235,7 +237,11 @@ def _check_eval(c: dict) -> None:
         raise ConfigError(f"task {c['task']} reads one of {', '.join(EVAL_TASKS[c['task']][1])}, "
                           f"not dataset {c['dataset']!r}")
     _check_ints(c, ("max_tokens", "max_length", "stride", "batch_size", "max_examples",
-                    "mlm_min_tokens", "seed"))
+                    "mlm_min_tokens", "seed", "prompt_tokens"))
+    if not isinstance(c["prompt"], str):
+        raise ConfigError(f"config.prompt must be a string, got {c['prompt']!r}")
+    if c["prompt"] and c["task"] != "causal_ppl":
+        raise ConfigError("config.prompt (continuations) needs task causal_ppl")
     if c["batch_size"] < 1 or c["max_length"] < 2:
         raise ConfigError("config.batch_size must be >= 1 and config.max_length >= 2")
     if c["stride"] > c["max_length"]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -454,5 +455,34 @@ def _run_locked(c, workdir: Path, job, calib_texts: dict, results) -> list[dict]
             bar.update(1)
     finally:
         bar.close()
+    if c.job == "eval" and c.prompt:
+        write_samples(c, workdir, model, tokenizer, rows, compressions)
     return rows
+
+
+def write_samples(c, workdir: Path, model, tokenizer, rows: list[dict], compressions) -> None:
+    """Greedy continuations of `c.prompt` by the original model and by the best compressed one
+    of this run, side by side in <workdir>/samples.md (and samples.json)."""
+    from dirjax.embedding import swap_embedding
+    from dirjax.models.generate import generate
+
+    compressed = [r for r in rows if r["method"] != "original" and math.isfinite(r["value"])]
+    models = [("original", None, model)]
+    if compressed:
+        best = min(compressed, key=lambda r: r["value"])
+        emb = compressions.get(best["method"], best["rate"])[0]
+        label = f"{best['method']} rate {best['rate']:g}" + \
+            (f" ({best['output']})" if best["output"] else "")
+        models.append((label, best, swap_embedding(model, emb, output=best["output"] or "tied")))
+    ids = tokenizer(c.prompt, add_special_tokens=True)["input_ids"]
+    samples = []
+    for label, row, m in models:
+        new = generate(m, [ids], c.prompt_tokens, eos_id=tokenizer.eos_token_id)[0]
+        samples.append({"model": label, "ppl": None if row is None else row["value"],
+                        "continuation": tokenizer.decode(new, skip_special_tokens=True)})
+    report.atomic_write(workdir / "samples.json", json.dumps(
+        {"prompt": c.prompt, "samples": samples}, indent=1) + "\n")
+    lines = [f"Prompt: {c.prompt!r}", "", "| model | greedy continuation |", "|---|---|"]
+    lines += [f"| {s['model']} | {' '.join(s['continuation'].split())} |" for s in samples]
+    report.atomic_write(workdir / "samples.md", "\n".join(lines) + "\n")
 

@@ -171,3 +171,16 @@ def test_calibration_on_the_evaluation_text_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="is the evaluation text"):
         run_experiment(c, tmp_path)
     assert not (tmp_path / "results.json").exists()
+
+
+def test_prompt_continuations_of_the_original_and_the_best_compressed_model(tmp_path):
+    rows = run_experiment(tiny_config(methods=("svd",), outputs=("tied", "original"),
+                                      prompt="hello world", prompt_tokens=6), tmp_path)
+    samples = json.loads((tmp_path / "samples.json").read_text())
+    best = min(rows[1:], key=lambda r: r["value"])
+    assert [s["model"] for s in samples["samples"]] == [
+        "original", f"svd rate 4 ({best['output']})"]
+    assert samples["samples"][1]["ppl"] == best["value"]
+    assert all(isinstance(s["continuation"], str) for s in samples["samples"])
+    md = (tmp_path / "samples.md").read_text()
+    assert md.startswith("Prompt: 'hello world'") and md.count("\n| ") == 3
