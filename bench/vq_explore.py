@@ -32,7 +32,7 @@ import numpy as np
 # name -> (function name in dirjax.compress.{vq,quantize}, options); counts/hidden passed when
 # the preset says so.
 FINE = ((16, 8), (8, 8), (8, 12), (4, 8), (4, 12), (2, 8))   # 0.5 1 1.5 2 3 4 bits/entry
-FIRST = dict(floor=1.0, head_weight=0.5, ldlq_rounds=1)       # the first defaults
+FIRST = dict(floor=1.0, head_weight=0.5, ldlq_rounds=1, refine_steps=0)   # the first defaults
 CH = ("counts", "hidden")
 
 
@@ -66,7 +66,7 @@ PRESETS = {
     "vq_h09_r2": _vq(head_weight=0.9, ldlq_rounds=2),
     "vq_h09_f025": _vq(head_weight=0.9, floor=0.25),
     "vq_h09_f01": _vq(head_weight=0.9, floor=0.1),
-    "vq_refine": ("vq.vq_method", dict(refine_steps=60), CH),
+    "vq_norefine": ("vq.vq_method", dict(refine_steps=0), CH),
     "vq_refine200": ("vq.vq_method", dict(refine_steps=200), CH),
     "vq_f025": _vq(floor=0.25),
     "vq_f4": _vq(floor=4.0),
