@@ -113,7 +113,7 @@ def main():
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--orig", action="store_true", help="also the original-head perplexity")
     p.add_argument("--cache", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "dirjax_vq_cache"))
-    p.add_argument("--set", default="", help="extra options for every vq preset: k=v,k=v (python literals)")
+    p.add_argument("--set", default="", help="extra options for every vq preset: k=v;k=v (python literals)")
     p.add_argument("--list", action="store_true")
     a = p.parse_args()
     if a.list:
