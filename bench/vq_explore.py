@@ -1,4 +1,4 @@
-"""Exploration harness for issue 15 (SmolLM2-135M at rate 16 and 32): vector codes vs scalar.
+"""Exploration harness for the vector quantiser (SmolLM2-135M at rate 16 and 32): vector codes vs scalar.
 
 Prints a table: preset, target rate, rate in stored bytes against the fp32 table, perplexity
 on the first N tokens of WikiText-2 raw test with the input AND the tied head replaced

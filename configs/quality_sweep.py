@@ -2,6 +2,8 @@
 
     python run.py --config configs/quality_sweep.py:smollm2 --config.data_dir=../shared/data
     python run.py --config configs/quality_sweep.py:minilm --config.data_dir=../shared/data
+    python run.py --config configs/quality_sweep.py:smollm2-low --config.data_dir=../shared/data
+    python run.py --config configs/quality_sweep.py:minilm-low --config.data_dir=../shared/data
 
 SmolLM2-135M: causal perplexity on the first 16,384 tokens of WikiText-2 raw test (32 windows
 of 512, no BOS), input and tied head replaced ("tied") and input only ("original").
@@ -31,11 +33,22 @@ from configs.smollm2_wikitext import get_config as smollm2_config
 CALIBRATION = {"dataset": "wikitext-2", "split": "validation", "n_hidden": 0}
 
 
+MODELS = ("smollm2", "minilm", "smollm2-low", "minilm-low")
+
+
 def get_config(model: str = "smollm2"):
-    """The evaluation setup of configs/smollm2_wikitext.py or configs/minilm_sts.py, every method."""
-    if model not in ("smollm2", "minilm"):
-        raise ValueError(f"quality_sweep takes smollm2 or minilm, got {model!r}")
-    config = smollm2_config() if model == "smollm2" else minilm_config()
+    """The evaluation setup of configs/smollm2_wikitext.py or configs/minilm_sts.py, every method.
+    "<model>-low": rates 16 and 32 (2 and 1 bits per entry), where scalar codes stop (a scalar
+    grid cannot go below 1 bit per entry): SVD, the AE and the vector codes `vq`."""
+    if model not in MODELS:
+        raise ValueError(f"quality_sweep takes one of {', '.join(MODELS)}, got {model!r}")
+    config = smollm2_config() if model.startswith("smollm2") else minilm_config()
+    if model.endswith("-low"):
+        config.methods = ("svd", "ae", "vq")
+        config.method_options = {"svd": {}, "ae": {"epochs": 30},
+                                 "vq": {"calibration": {**CALIBRATION, "n_hidden": 8192}}}
+        config.rates = (16.0, 32.0)
+        return config
     config.methods = ("svd", "ae", "quant", "quant_freq")
     config.method_options = {"svd": {}, "ae": {"epochs": 30}, "quant": {},
                              "quant_freq": {"calibration": dict(CALIBRATION)}}

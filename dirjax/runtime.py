@@ -49,8 +49,20 @@ def join_hosts() -> None:
     jax.distributed.initialize(**given)
 
 
+def compile_cache() -> None:
+    """A persistent XLA compilation cache ($JAX_COMPILATION_CACHE_DIR, else
+    $DIRJAX_CACHE/xla or ~/.cache/dirjax/xla): every evaluation compiles the model's forward
+    for its shapes, and a rerun or the next row of a sweep finds it compiled."""
+    from pathlib import Path
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        root = os.environ.get("DIRJAX_CACHE") or Path.home() / ".cache" / "dirjax"
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = str(Path(root) / "xla")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+
+
 def setup() -> None:
     """Everything above, in order."""
     add_fast_cpu_flags()
     quiet_libraries()
+    compile_cache()
     join_hosts()

@@ -56,6 +56,9 @@ METHODS: dict[str, Method] = {
                          check=_lazy("quantize", "check_quant_freq"), needs=("counts",)),
     "quant_gptq": Method(_lazy("quantize", "quant_gptq_method"),
                          check=_lazy("quantize", "check_quant_gptq"), needs=("counts", "hidden")),
+    # tiered vector codes, norm apart, LDLQ + codebook refinement on calibration (vq.py)
+    "vq": Method(_lazy("vq", "vq_method"), check=_lazy("vq", "check_options"),
+                 needs=("counts", "hidden")),
 }
 
 

@@ -33,13 +33,8 @@ def _classes() -> dict:
     """The embedding classes a directory can hold, by name."""
     from dirjax.compress import CompressedEmbedding
     from dirjax.compress.quantize import QuantizedEmbedding
-    classes = [CompressedEmbedding, QuantizedEmbedding]
-    try:
-        from dirjax.compress.vq import VQEmbedding
-        classes.append(VQEmbedding)
-    except ImportError:  # an optional method: the others load without it
-        pass
-    return {c.__name__: c for c in classes}
+    from dirjax.compress.vq import VQEmbedding
+    return {c.__name__: c for c in (CompressedEmbedding, QuantizedEmbedding, VQEmbedding)}
 
 
 def save_compressed(emb, directory, meta: dict | None = None) -> Path:

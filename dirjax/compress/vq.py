@@ -1,4 +1,4 @@
-"""Vector-quantised embedding tables below 2 bits per entry (issue 15).
+"""Vector-quantised embedding tables at 2 bits per entry and below (the `vq` method).
 
 A table `[V, d]` is centred (mean row), rotated by a random orthogonal R (a seed), and each
 row y_v is split into its norm and its direction ("direction is what you need": the norm is
@@ -623,16 +623,21 @@ OPTIONS = ("tiers", "norm", "gain", "center", "rotate", "floor", "head_weight", 
            "refit_iters", "weighted", "ldlq_rounds", "refine_steps", "refine_lr", "max_train")
 
 
+def check_options(options: dict) -> None:
+    """ConfigError on an option `vq` does not know (judged before any model loads)."""
+    stray = sorted(set(options) - set(OPTIONS) - {"seed"})
+    if stray:
+        raise ConfigError(f"unknown option(s) for method 'vq': {', '.join(stray)} "
+                          f"(known: counts, hidden, seed, {', '.join(OPTIONS)})")
+
+
 def vq_method(table, *, rate=None, rank=None, seed: int = 0, counts=None, hidden=None,
               **options) -> VQEmbedding:
     """`compress(table, rate=r, method="vq", counts=[V], hidden=[N, d])`: tiered vector codes
     (see the module docstring); counts and hidden are optional calibration."""
     if rank is not None or rate is None:
         raise ConfigError("method vq takes a rate (bytes), not a rank")
-    stray = sorted(set(options) - set(OPTIONS))
-    if stray:
-        raise ConfigError(f"method vq: unknown option(s) {', '.join(stray)}; "
-                          f"known: counts, hidden, seed, {', '.join(OPTIONS)}")
+    check_options(options)
     v, d = np.shape(table)
     if counts is not None:
         counts = np.asarray(counts, np.float64)
