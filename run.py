@@ -74,6 +74,8 @@ def main(argv: list[str]) -> None:
         rows = run_experiment(config, workdir)
     except DirjaxError as e:
         fail(str(e))
+    except OSError as e:   # the machine, not dirjax: a full disk, a vanished folder
+        fail(f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}")
     print(report.summary(rows))
     samples = Path(workdir) / "samples.md"
     if config.get("prompt") and samples.exists():
