@@ -1,4 +1,4 @@
-"""Issue 14: Gemma 3 270M (262,144 x 640 table, tied head) on WikiText-2 raw test, every method.
+"""Gemma 3 270M (262,144 x 640 table, tied head) on WikiText-2 raw test, every method.
 
     python run.py --config configs/gemma3_wikitext.py --config.data_dir=../shared/data
 
