@@ -483,6 +483,7 @@ def write_samples(c, workdir: Path, model, tokenizer, rows: list[dict], compress
     report.atomic_write(workdir / "samples.json", json.dumps(
         {"prompt": c.prompt, "samples": samples}, indent=1) + "\n")
     lines = [f"Prompt: {c.prompt!r}", "", "| model | greedy continuation |", "|---|---|"]
-    lines += [f"| {s['model']} | {' '.join(s['continuation'].split())} |" for s in samples]
+    lines += [f"| {s['model']} | {' '.join(s['continuation'].split()).replace('|', chr(92) + '|')} |"
+              for s in samples]
     report.atomic_write(workdir / "samples.md", "\n".join(lines) + "\n")
 
