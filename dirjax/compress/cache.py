@@ -89,10 +89,13 @@ class CompressionCache:
         when no readable saved one has this key; it is saved with `meta` before returning."""
         from dirjax.compress.store import load_compressed, save_compressed
         directory = self.path(method, rate, key)
+        train_dir = directory.with_name(directory.name + ".train")
         if (directory / "meta.json").exists():
             try:
                 emb = load_compressed(directory)
                 if emb.meta.get("cache_key") == key:
+                    # a kill between the save and this cleanup left the AE's checkpoints
+                    shutil.rmtree(train_dir, ignore_errors=True)
                     return emb, float(emb.meta.get("compress_seconds", 0.0)), True
                 reason = "it was made from other inputs"
             except WeightsError as e:
@@ -102,7 +105,6 @@ class CompressionCache:
             warnings.warn(f"saved compression {directory} is set aside ({reason}); "
                           "making it again", RuntimeWarning, stacklevel=2)
             shutil.rmtree(bad, ignore_errors=True)
-        train_dir = directory.with_name(directory.name + ".train")
         start = time.perf_counter()
         emb = make(train_dir)
         seconds = time.perf_counter() - start
