@@ -54,6 +54,16 @@ class QuantizeError(ConfigError):
 
 
 # ----------------------------------------------------------------------------- the module
+def unrotate(y, rotation, mean):
+    """Rows `[..., d]` in the rotated, centred space back to table rows: y R^T + mean
+    (shared by the scalar and the vector quantisers)."""
+    if rotation is not None:
+        y = y @ rotation[...].T
+    if mean is not None:
+        y = y + mean[...]
+    return y
+
+
 class QuantizedEmbedding(nnx.Module, Described):
     """Codes uint8 `[V, d]`, bits uint8 `[V]`, scale/offset fp16 `[V, G]`, mean `[d]`, R `[d, d]`."""
 
@@ -122,11 +132,7 @@ class QuantizedEmbedding(nnx.Module, Described):
         y = self.codes[...].astype(jnp.float32).reshape(v, d // g, g)
         y = y * self.scale[...].astype(jnp.float32)[..., None] + self.offset[...].astype(jnp.float32)[..., None]
         y = y.reshape(v, d)
-        if self.rotation is not None:
-            y = y @ self.rotation[...].T
-        if self.mean is not None:
-            y = y + self.mean[...]
-        return y
+        return unrotate(y, self.rotation, self.mean)
 
     def __call__(self, ids):
         # Decode only the looked-up rows: [B, T] -> [B, T, d].
@@ -135,11 +141,7 @@ class QuantizedEmbedding(nnx.Module, Described):
         s = jnp.take(self.scale[...], ids, axis=0).astype(jnp.float32)
         o = jnp.take(self.offset[...], ids, axis=0).astype(jnp.float32)
         y = (c.reshape(*ids.shape, d // g, g) * s[..., None] + o[..., None]).reshape(*ids.shape, d)
-        if self.rotation is not None:
-            y = y @ self.rotation[...].T
-        if self.mean is not None:
-            y = y + self.mean[...]
-        return y
+        return unrotate(y, self.rotation, self.mean)
 
     def attend(self, h):
         """Tied-head logits `[..., V]` = h @ table^T (the rotation folds: (h R)(Y)^T)."""

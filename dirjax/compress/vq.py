@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dirjax.compress.quantize import QuantizeError, random_rotation
+from dirjax.compress.quantize import QuantizeError, random_rotation, unrotate
 from dirjax.embedding import Described
 from dirjax.errors import ConfigError, DataError
 
@@ -292,11 +292,7 @@ class VQEmbedding(nnx.Module, Described):
         return y
 
     def _unrotate(self, y):
-        if self.rotation is not None:
-            y = y @ self.rotation[...].T
-        if self.mean is not None:
-            y = y + self.mean[...]
-        return y
+        return unrotate(y, self.rotation, self.mean)
 
     def __call__(self, ids):
         """Lookup `[..., d]`: only the looked-up rows are decoded."""
