@@ -26,8 +26,9 @@ weights: venv
 demo: weights
 	$(BIN)/python run.py
 
+# one xdist worker per core: the suite is mostly XLA compiling tiny programs, one core each
 test: weights
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 test-slow: weights
 	$(BIN)/python -m pytest -q -m slow

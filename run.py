@@ -35,21 +35,25 @@ def parse(argv: list[str]):
     from absl import flags
     from ml_collections import config_flags
 
-    flags.DEFINE_string("workdir", None, "work directory (default runs/<config name>)")
+    # flags of their own (not absl's global FLAGS): main() can be called again in one process
+    # (a notebook, the tests) and reads only the argv it is given
+    fv = flags.FlagValues()
+    flags.DEFINE_string("workdir", None, "work directory (default runs/<config name>)",
+                        flag_values=fv)
     # new attributes are accepted here and judged by dirjax.config.check_config, which names
     # the unknown field (for both jobs)
     config_flag = config_flags.DEFINE_config_file(
         "config", DEFAULT_CONFIG, "experiment config file (a get_config() Python file)",
-        lock_config=False, accept_new_attributes=True)
-    rest = flags.FLAGS(argv)
+        flag_values=fv, lock_config=False, accept_new_attributes=True, sys_argv=list(argv))
+    rest = fv(list(argv))
     if len(rest) > 1:
         hint = (f"give the config as --config {rest[1]}" if rest[1].endswith(".py")
                 else "see python run.py --help")
         raise ValueError(f"unexpected argument {rest[1]!r}: {hint}")
     config = config_flag.value
     config.keys()   # a config file that failed to load raises only when first used
-    name = Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
-    return config, flags.FLAGS.workdir or str(Path("runs") / name)
+    name = Path(config_flags.get_config_filename(fv["config"])).stem
+    return config, fv.workdir or str(Path("runs") / name)
 
 
 def main(argv: list[str]) -> None:

@@ -12,6 +12,7 @@ TINY = str(ROOT / "tests" / "fixtures" / "tiny-llama")
 
 
 def run(*args, cwd):
+    """run.py in its own process, as a user starts it."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop(("DIRJAX_DATA_DIR"), None)
     return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env,
@@ -36,20 +37,21 @@ def assert_one_line_error(proc, *words):
     (["--config.dtype=int8"], ["config.dtype", "int8"]),
     (["--config.method_options.ae.epoch=3"], ["unknown option", "epoch"]),
 ])
-def test_bad_command_line_is_one_clear_line(tmp_path, args, words):
-    proc = run(*args, "--workdir", str(tmp_path / "w"), cwd=ROOT)
+def test_bad_command_line_is_one_clear_line(tmp_path, run_here, args, words):
+    proc = run_here(*args, "--workdir", str(tmp_path / "w"), cwd=ROOT)
     assert_one_line_error(proc, *words)
     assert not (tmp_path / "w").exists()
 
 
-def test_missing_data_file_is_one_clear_line(tmp_path):
-    proc = run("--config", "configs/smollm2_wikitext.py", f"--config.model={TINY}",
+def test_missing_data_file_is_one_clear_line(tmp_path, run_here):
+    proc = run_here("--config", "configs/smollm2_wikitext.py", f"--config.model={TINY}",
                f"--config.data_dir={tmp_path}", "--workdir", str(tmp_path / "w"), cwd=ROOT)
     assert_one_line_error(proc, "missing data file", "wikitext-2-raw/test.txt")
     assert not (tmp_path / "w" / "results.json").exists()
 
 
 def test_unknown_model_is_one_clear_line(tmp_path):
+    """(in its own process: the exit status a shell sees)"""
     proc = run("--config.model=./no/such/model", "--workdir", str(tmp_path / "w"), cwd=ROOT)
     assert_one_line_error(proc, "no such file or directory")
     assert not (tmp_path / "w" / "results.json").exists()
@@ -68,21 +70,21 @@ def test_tiny_run_prints_the_table_and_writes_results(tmp_path):
     assert (workdir / "plot.png").exists() and (workdir / "results.md").exists()
 
 
-def test_a_config_given_without_the_flag_is_refused(tmp_path):
-    proc = run("configs/minilm_sts.py", "--workdir", str(tmp_path / "w"), cwd=ROOT)
+def test_a_config_given_without_the_flag_is_refused(tmp_path, run_here):
+    proc = run_here("configs/minilm_sts.py", "--workdir", str(tmp_path / "w"), cwd=ROOT)
     assert_one_line_error(proc, "unexpected argument", "--config configs/minilm_sts.py")
     assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])
-def test_help_prints_the_usage(flag):
-    proc = run(flag, cwd=ROOT)
+def test_help_prints_the_usage(run_here, flag):
+    proc = run_here(flag, cwd=ROOT)
     assert proc.returncode == 0 and "python run.py [--config configs/X.py]" in proc.stdout
     assert proc.stderr == ""
 
 
-def test_a_busy_workdir_is_one_clear_line(tmp_path):
+def test_a_busy_workdir_is_one_clear_line(tmp_path, run_here):
     from dirjax.experiment import WorkdirLock
     with WorkdirLock(tmp_path / "w"):
-        proc = run(f"--config.model={TINY}", "--workdir", str(tmp_path / "w"), cwd=ROOT)
+        proc = run_here(f"--config.model={TINY}", "--workdir", str(tmp_path / "w"), cwd=ROOT)
     assert_one_line_error(proc, "in use by another run")

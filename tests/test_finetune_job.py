@@ -1,9 +1,6 @@
 """The "finetune" job end to end on the tiny BERT: through run.py as a user runs it, then
 reruns in the same work directory (what is reused and what is not)."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,14 +27,12 @@ def overrides(data_dir) -> dict:
                 micro_batch_size=8, batch_size=8, progress=False)
 
 
-def test_tiny_finetune_through_run_py_then_reruns(tmp_path, data_dir):
+def test_tiny_finetune_through_run_py_then_reruns(tmp_path, data_dir, run_here):
     work = tmp_path / "work"
     args = [f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
             for k, v in overrides(data_dir).items()]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "--config",
-                           str(ROOT / "configs/glue.py"), *args, "--workdir", str(work)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_here("--config", str(ROOT / "configs/glue.py"), *args, "--workdir", str(work),
+                    cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "| glue/rte/dev | accuracy | svd | 10 |" in proc.stdout     # the seed summary
     rows = json.loads((work / "results.json").read_text())

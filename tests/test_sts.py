@@ -48,8 +48,10 @@ def test_mean_pooling_ignores_padding(tokenizer):
     emb, tokens = sentence_embeddings(model, tokenizer, sents, batch_size=4, progress=False)
     ids = tokenizer(sents)["input_ids"]
     assert emb.shape == (13, 6) and tokens == sum(len(x) for x in ids)
-    for i, x in enumerate(ids):                     # one sentence, no padding, by hand
-        h = np.asarray(model.encode(jnp.asarray(x)[None]))[0]
+    table = np.asarray(model.emb[...])
+    for i, x in enumerate(ids):          # one sentence, no padding, by hand (numpy: ToyEncoder)
+        e = table[x]
+        h = np.tanh(e + 0.5 * e.mean(0))
         np.testing.assert_allclose(emb[i], h.mean(0), rtol=1e-5, atol=1e-6)
 
 
