@@ -28,7 +28,7 @@ demo: weights
 
 # one xdist worker per core: the suite is mostly XLA compiling tiny programs, one core each
 test: weights
-	$(BIN)/python -m pytest -q -n auto
+	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 test-slow: weights
 	$(BIN)/python -m pytest -q -m slow
