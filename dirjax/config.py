@@ -60,6 +60,9 @@ EVAL = {
 FINETUNE = {
     "tasks": ("rte",),              # GLUE task names and/or "squad"
     "seeds": (1,),
+    # fine-tune the uncompressed model too, as the reference rows (False: only `methods`; an
+    # original fine-tune costs as much as a compressed one, and its rows may exist already)
+    "reference": True,
     "embedding": "frozen_codes",    # frozen_codes | frozen | full (dirjax.finetune)
     "max_length": 128,
     "pooling": "auto",              # auto | pooler | cls | mean (dirjax.models.heads)

@@ -201,7 +201,7 @@ class FinetuneJob:
         self.outputs = (None,)
 
     def settings(self) -> dict:
-        names = [n for n in FINETUNE if n not in ("tasks", "seeds")]
+        names = [n for n in FINETUNE if n not in ("tasks", "seeds", "reference")]
         if "squad" not in self.c.tasks:   # SQuAD-only fields do not change a GLUE run
             names = [n for n in names if n not in ("stride", "n_best", "max_answer_length",
                                                    "train_file")]
@@ -241,7 +241,8 @@ class FinetuneJob:
 
     def units(self):
         c = self.c
-        methods = c.methods if "original" in c.methods else ("original", *c.methods)
+        methods = c.methods if "original" in c.methods or not c.reference else (
+            "original", *c.methods)
         # seeds outermost: every task and method gets a first figure early
         for seed in c.seeds:
             for task in c.tasks:

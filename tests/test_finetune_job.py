@@ -66,3 +66,8 @@ def test_tiny_finetune_through_run_py_then_reruns(tmp_path, data_dir, run_here):
     assert [r["lr"] for r in saved] == [1e-3, 1e-3, 2e-3, 2e-3]
     # the compression is shared by both lrs: one SVD in the cache
     assert len(list((work / "embeddings").glob("svd-rate10-*/meta.json"))) == 1
+
+    c.methods, c.reference = ("svd",), False  # no reference: only the compressed model, and
+    assert [(r["method"], r["cached"]) for r in run_experiment(c, work)] == [("svd", True)]
+    c.reference = True                        # `reference` changes no run: nothing retrained
+    assert [r["cached"] for r in run_experiment(c, work)] == [True, True]
