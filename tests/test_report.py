@@ -70,7 +70,8 @@ def test_verdict_says_when_low_rank_does_not_keep_the_model():
     assert "best quant (tied) 24.00 (1.20x the original)" in text
     assert "low rank alone does not keep this model (best svd (tied) 900.00 (45.00x" in text
     assert "try methods" not in text                  # something that works was in the sweep
-    assert "try methods" in verdict(rows[:2])
+    assert "try methods quant_gptq / vq" in verdict(rows[:2])
+    assert "try method vq" in verdict([rows[0], {**rows[1], "rate": 32.0}])   # no scalar codes
     rows[1]["value"] = 29.0                           # within 1.5x: no warning
     assert "low rank" not in verdict(rows)
     sts = [{**base, "metric": "spearman_x100", "method": "original", "rate": 1.0, "value": 86.0},
