@@ -12,6 +12,13 @@ dense original trains whole: there frozen_codes == full). Dev metrics: RTE accur
 and accuracy. Rows are appended to results.json as runs finish; a rerun resumes. STS-B: the
 shared data has only dev.tsv, so add "stsb" to `tasks` only with network (`--config.data_dir=`
 empty reads the Hub's glue) or a local train.tsv.
+The quantisers at rates 10 and 16 against those rows (docs/glue_minilm_cpu.md; the original's
+rows are not redone):
+
+    .venv/bin/python run.py --config configs/glue_minilm_cpu.py --workdir runs/glue_minilm_low \
+        --config.data_dir=../shared/data --config.reference=False \
+        --config.methods="('vq',)" --config.rates="(16.0,)"      # then ('quant',) at (10.0,)
+
 Cost here: ~2 min per RTE epoch, ~2.4 min per MRPC epoch (20-26 examples/s), 2 h 18 min for
 all 18 runs on a 2-core CPU. Expected (docs/glue_minilm_cpu.md, dev, mean of 3 seeds): RTE
 accuracy original 56.9, SVD 54.9, AE 54.6; MRPC F1 86.6 / 84.7 / 84.4: AE and SVD level.

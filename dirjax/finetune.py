@@ -23,6 +23,8 @@ Embedding treatments (the paper fine-tunes AE models with frozen codes):
                 and bias `[d]` train. SVD gets the same treatment (codes = U_k S_k,
                 decoder = V_k^T), so the AE/SVD comparison is fair. A dense table has no
                 codes: there `frozen_codes` is the same as `full`.
+A quantised embedding (quant*, vq) holds its codes, scales and codebooks as plain Variables,
+not Params: under every treatment it stays as stored (the fine-tuned model ships those bytes).
 """
 from __future__ import annotations
 
