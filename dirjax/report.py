@@ -170,7 +170,9 @@ def verdict(rows: list[dict]) -> str:
             if low and not any(kept(r["value"]) for r in low):
                 lr = max(low, key=lambda r: r["value"] if higher else -r["value"])
                 line += f"; low rank alone does not keep this model (best {show(lr)})"
-                if not kept(best["value"]):   # scalar codes stop at 1 bit per entry
+                # scalar codes need over 1 bit per entry plus their scales: quant_gptq holds
+                # at rate 16 (2 bits), and nothing but vq goes further
+                if not kept(best["value"]):
                     line += ("; try methods quant_gptq / vq (configs/quality_sweep.py)"
                              if rate <= 16 else "; try method vq (configs/quality_sweep.py)")
             lines.append(line)

@@ -378,13 +378,14 @@ class VQEmbedding(nnx.Module, Described):
                    seed=static["seed"], rotate=static["rotate"], **described)
 
 
-# ----------------------------------------------------------------------------- gains
 @partial(jax.jit, static_argnums=0)
 def _decoded_table(graphdef, state):
+    """VQEmbedding.table() as one program (graphdef static: one compile per table layout)."""
     emb = nnx.merge(graphdef, state)
     return emb(jnp.arange(emb.vocab_size))
 
 
+# ----------------------------------------------------------------------------- gains
 def log8_range(gain: np.ndarray):
     """(lo, hi) of log gain over the non-zero gains (code 0 is reserved for a zero row)."""
     pos = gain[gain > 0]
