@@ -4,10 +4,13 @@
     python run.py --config configs/quality_sweep.py:minilm --config.data_dir=../shared/data
     python run.py --config configs/quality_sweep.py:smollm2-low --config.data_dir=../shared/data
     python run.py --config configs/quality_sweep.py:minilm-low --config.data_dir=../shared/data
+    python run.py --config configs/quality_sweep.py:gemma3-low --config.data_dir=../shared/data
 
 SmolLM2-135M: causal perplexity on the first 16,384 tokens of WikiText-2 raw test (32 windows
 of 512, no BOS), input and tied head replaced ("tied") and input only ("original").
-MiniLM-L6: STS-B dev Spearman x100 (input side only). Baselines: SVD and the paper's AE.
+MiniLM-L6: STS-B dev Spearman x100 (input side only). Gemma 3 270M ("gemma3-low" only): the
+setup of configs/gemma3_wikitext.py (16,384 tokens, BOS before each window, tied head only).
+Baselines: SVD and the paper's AE.
 
 Quantisers (dirjax/compress/quantize.py; rate counted in packed bytes against fp32):
   quant       random rotation + mean row removed + per-row int-b RTN with fp16 scale/offset,
@@ -26,23 +29,29 @@ Expected (what this config prints; docs/results.md has the tables): SmolLM2 with
 10,653; at 16,384 tokens (original 28.82) quant_gptq 30.09 / 29.19. MiniLM STS-B (original
 86.73) at rate 10: quant 86.73, quant_freq 86.71, exact SVD 71.40, AE 66.78. Rates 5 and 2 keep
 the quantisers within 0.2% of the original.
+"-low" (2026-12-02), rate 16 / 32, tied: SmolLM2 (original 28.82) vq 32.70 / 43.35, SVD 22,532 /
+26,978, AE 6,413 / 8,893; MiniLM STS-B vq 86.68 / 85.92, SVD 69.03 / 63.91, AE 63.65 / 63.19;
+Gemma 3 (original 23.47) vq 25.89 / 31.51, SVD 4,654 / 3,858, AE 69,376 / 69,079 (~70 min on
+the shared 2-core CPU, ~37 of them vq's compression).
 """
+from configs.gemma3_wikitext import get_config as gemma3_config
 from configs.minilm_sts import get_config as minilm_config
 from configs.smollm2_wikitext import get_config as smollm2_config
 
 CALIBRATION = {"dataset": "wikitext-2", "split": "validation", "n_hidden": 0}
 
 
-MODELS = ("smollm2", "minilm", "smollm2-low", "minilm-low")
+MODELS = ("smollm2", "minilm", "smollm2-low", "minilm-low", "gemma3-low")
 
 
 def get_config(model: str = "smollm2"):
-    """The evaluation setup of configs/smollm2_wikitext.py or configs/minilm_sts.py, every method.
+    """The evaluation setup of configs/smollm2_wikitext.py, minilm_sts.py or gemma3_wikitext.py.
     "<model>-low": rates 16 and 32 (2 and 1 bits per entry), where scalar codes stop (a scalar
     grid cannot go below 1 bit per entry): SVD, the AE and the vector codes `vq`."""
     if model not in MODELS:
         raise ValueError(f"quality_sweep takes one of {', '.join(MODELS)}, got {model!r}")
-    config = smollm2_config() if model.startswith("smollm2") else minilm_config()
+    config = {"smollm2": smollm2_config, "minilm": minilm_config,
+              "gemma3": gemma3_config}[model.split("-")[0]]()
     if model.endswith("-low"):
         config.methods = ("svd", "ae", "vq")
         config.method_options = {"svd": {}, "ae": {"epochs": 30},

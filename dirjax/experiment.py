@@ -315,21 +315,28 @@ class Compressions:
         self.table = model.embedding.table()
         self.table_digest = digest(self.table)
         self.done: dict[tuple, tuple] = {}
+        # hidden states are taken as the model is used: after a BOS when its tokenizer adds one
+        from dirjax.evaluate.perplexity import bos_of
+        self.bos_id = bos_of(tokenizer)
 
     def calibration(self, method: str) -> dict | None:
         """What the calibration of `method` depends on (None: it has none)."""
         spec = plain((self.c.method_options.get(method) or {}).get("calibration"))
         if not spec:
             return None
-        return {"spec": dict(spec), "text": digest(self.calib_texts[method]),
-                "model": self.model_fp, "tokenizer": tokenizer_fingerprint(self.tokenizer)}
+        out = {"spec": dict(spec), "text": digest(self.calib_texts[method]),
+               "model": self.model_fp, "tokenizer": tokenizer_fingerprint(self.tokenizer)}
+        if self.bos_id is not None and spec.get("n_hidden"):   # keys without BOS unchanged
+            out["bos_id"] = self.bos_id
+        return out
 
     @functools.cache
     def calibration_arrays(self, method: str) -> dict:
         from dirjax.compress.calib import collect
         spec = plain(self.c.method_options[method]["calibration"])
         return collect(self.model, self.tokenizer, self.calib_texts[method],
-                       n_hidden=int(spec["n_hidden"]), max_length=int(spec.get("max_length", 512)))
+                       n_hidden=int(spec["n_hidden"]), max_length=int(spec.get("max_length", 512)),
+                       bos_id=self.bos_id)
 
     def key(self, method: str, rate: float) -> str:
         return compression_key(self.table_digest, method, rate, compression_options(self.c, method),

@@ -48,3 +48,13 @@ def test_no_hidden_without_lm_head_and_empty_text_fails():
     assert set(calib.collect(Model(), tokenizer, "a b c", n_hidden=0)) == {"counts"}
     with pytest.raises(DataError):
         calib.token_counts(tokenizer, "\n \n", V)
+
+
+def test_hidden_states_after_a_bos_drop_its_state_and_keep_the_stream_order():
+    text = "the cat sat\n\non the mat the end\n" * 10
+    model = Model()
+    out = calib.collect(model, tokenizer, text, n_hidden=25, max_length=10, bos_id=V - 1)
+    stream = np.asarray(tokenizer(text)["input_ids"])
+    assert out["hidden"].shape == (25, D)
+    np.testing.assert_array_equal(out["hidden"][:, 0], stream[:25])   # no BOS state among them
+    assert model.calls == [(1, 10), (1, 10), (1, 8)]       # BOS + 9 tokens a window: 9, 9, 7

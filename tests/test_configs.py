@@ -10,7 +10,7 @@ from dirjax.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
 # configs whose get_config takes an argument (`--config configs/X.py:ARG`): each value
-ARGS = {"quality_sweep": ("smollm2", "minilm", "smollm2-low", "minilm-low")}
+ARGS = {"quality_sweep": ("smollm2", "minilm", "smollm2-low", "minilm-low", "gemma3-low")}
 
 
 def load(path: Path):

@@ -6,7 +6,9 @@ WikiText-2, else the stdlib "train" topics (`dirjax.config`); from Python, pass 
 
     counts  `[V]`   token counts of the calibration text (mixed precision by frequency)
     hidden  `[N, d]` final hidden states of the ORIGINAL model on its first N tokens (GPTQ on the
-                     tied head: logits h @ E^T), windows of `max_length`, no BOS
+                     tied head: logits h @ E^T), windows of `max_length`, each after the
+                     tokenizer's BOS when it adds one (Gemma: without it the states are
+                     another model's, median cosine 0.87 to the BOS ones, nll 4.26 vs 3.10)
 
     calib = collect(model, tokenizer, text, n_hidden=8192)
     emb = compress(table, rate=10, method="quant_freq", **calib)
@@ -30,22 +32,32 @@ def token_counts(tokenizer, text: str, vocab_size: int) -> np.ndarray:
     return np.bincount(flat, minlength=vocab_size).astype(np.float64)
 
 
-def hidden_states(model, ids: np.ndarray, n: int, max_length: int = 512) -> np.ndarray:
-    """Final hidden states `[min(n, N), d]` of `model.encode` on the stream `ids [N]`, in windows."""
+def hidden_states(model, ids: np.ndarray, n: int, max_length: int = 512,
+                  bos_id: int | None = None) -> np.ndarray:
+    """Final hidden states `[min(n, N), d]` of `model.encode` on the stream `ids [N]`, in windows
+    of `max_length` tokens; with `bos_id`, BOS + max_length - 1 tokens (BOS's state dropped)."""
     import jax.numpy as jnp
     ids = np.asarray(ids, np.int32)[:n]
-    out = [np.asarray(model.encode(jnp.asarray(ids[None, i:i + max_length]), None), np.float32)[0]
-           for i in range(0, len(ids), max_length)]
+    step = max_length - (bos_id is not None)
+    out = []
+    for i in range(0, len(ids), step):
+        window = ids[i:i + step]
+        if bos_id is not None:
+            window = np.concatenate([[bos_id], window]).astype(np.int32)
+        h = np.asarray(model.encode(jnp.asarray(window[None]), None), np.float32)[0]
+        out.append(h[bos_id is not None:])
     return np.concatenate(out)
 
 
-def collect(model, tokenizer, text: str, *, n_hidden: int = 8192, max_length: int = 512) -> dict:
+def collect(model, tokenizer, text: str, *, n_hidden: int = 8192, max_length: int = 512,
+            bos_id: int | None = None) -> dict:
     """{"counts": [V], "hidden": [N, d]} for the quantisers' `counts=` / `hidden=` options
-    (no "hidden" when n_hidden is 0 or the model has no LM head)."""
+    (no "hidden" when n_hidden is 0 or the model has no LM head); `bos_id`: each window of
+    hidden states starts with it (the runner passes the tokenizer's BOS when it adds one)."""
     v = model.config.vocab_size
     counts = token_counts(tokenizer, text, v)
     out = {"counts": counts}
     if n_hidden and model.out_embedding is not None:   # hidden states only matter for an LM head
         stream = np.asarray(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
-        out["hidden"] = hidden_states(model, stream, n_hidden, max_length)
+        out["hidden"] = hidden_states(model, stream, n_hidden, max_length, bos_id)
     return out
