@@ -10,7 +10,8 @@ from dirjax.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
 # configs whose get_config takes an argument (`--config configs/X.py:ARG`): each value
-ARGS = {"quality_sweep": ("smollm2", "minilm", "smollm2-low", "minilm-low", "gemma3-low")}
+ARGS = {"quality_sweep": ("smollm2", "minilm", "smollm2-low", "minilm-low", "gemma3-low",
+                                   "smollm2-low12")}
 
 
 def load(path: Path):

@@ -175,3 +175,29 @@ def test_refinement_lowers_the_head_kl_with_codes_fixed():
                                       np.asarray(getattr(ref, f"codes_{k}")[...]))
     assert ref.storage_bytes() == base.storage_bytes()
     assert kl(ref) < 0.8 * kl(base), (kl(ref), kl(base))
+
+
+def test_mean_probability_is_the_averaged_head_softmax():
+    rng = np.random.default_rng(2)
+    t, h = table(), rng.standard_normal((700, D)).astype(np.float32)   # 700: a padded chunk
+    z = h @ t.T
+    p = np.exp(z - z.max(1, keepdims=True))
+    ref = (p / p.sum(1, keepdims=True)).mean(0)
+    got = VQ.mean_probability(t, h, rows=512)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-9)
+    assert abs(got.sum() - 1) < 1e-5
+
+
+def test_prob_weight_moves_bits_to_rows_the_head_predicts():
+    """States that point at a few rows (never counted) make prob_weight give those rows finer
+    tiers than the counts alone do; the budget holds either way."""
+    rng = np.random.default_rng(3)
+    t, counts = table(), zipf_counts()
+    favoured = np.argsort(counts)[:20]                     # the least counted rows
+    h = 3 * t[rng.choice(favoured, 400)] / np.linalg.norm(t[favoured], axis=1).mean()
+    kw = dict(hidden=h, refine_steps=0, ldlq_rounds=1)
+    plain, mixed = make(16, **kw), make(16, prob_weight=0.9, **kw)
+    bpe = np.array([b / g for g, b in TIERS])
+    fine = [bpe[np.asarray(e.tier[...])][favoured].mean() for e in (plain, mixed)]
+    assert fine[1] > fine[0] + 0.5, fine
+    assert compression_rate(mixed) >= 16

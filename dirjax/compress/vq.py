@@ -441,7 +441,8 @@ def vq(table, *, rate: float, seed: int = 0, tiers=DEFAULT_TIERS, norm: str = "l
        gain: str = "norm", center: bool = True, rotate: bool = True, counts=None,
        floor: float = 0.25, hidden=None, head_weight: float = 0.9, iters: int = 20,
        refit_iters: int = 10, weighted: bool = False, ldlq_rounds: int = 2,
-       refine_steps: int = 60, refine_lr: float = 3e-3, max_train: int = 1 << 17) -> VQEmbedding:
+       refine_steps: int = 60, refine_lr: float = 3e-3, max_train: int = 1 << 17,
+       prob_weight: float = 0.0) -> VQEmbedding:
     """Compress `table [V, d]` into at most V*d*4/rate bytes with tiered vector codes.
 
     norm: "log8" / "fp16": each row's gain stored apart (8-bit log or fp16) and the direction
@@ -453,6 +454,10 @@ def vq(table, *, rate: float, seed: int = 0, tiers=DEFAULT_TIERS, norm: str = "l
     refine_steps: with hidden and a gain, Adam steps on the codebooks and log gains (codes
       fixed) minimising KL(original tied-head softmax || compressed) on batches of hidden states.
     weighted: refit each tier's codebook by k-means weighted by row weight x row scale^2.
+    prob_weight: with hidden, the allocation's row weights mix the normalised counts (1 - p) with
+      the mean predicted probability of each row over the calibration states (p): a smoothed
+      frequency that also covers tokens the calibration text lacks (the KL's second-order
+      term weighs row v's head error by p_v(h)).
     Deterministic per seed (rotation, k-means samples and init).
     """
     t = np.asarray(table, np.float32)
@@ -486,7 +491,10 @@ def vq(table, *, rate: float, seed: int = 0, tiers=DEFAULT_TIERS, norm: str = "l
     u = u.astype(np.float32)
     to_y = (np.ones(v) if norm == "none" else rownorm ** 2 / d)   # squared-error scale u -> y
     w = (np.ones(v) if counts is None else np.asarray(counts, np.float64))
-    w = w / max(w.sum(), 1e-30) + floor / v
+    w = w / max(w.sum(), 1e-30)
+    if prob_weight and hidden is not None:
+        w = (1 - prob_weight) * w + prob_weight * mean_probability(t, hidden)
+    w = w + floor / v
 
     # 1. a codebook per tier (k-means on a sample of all rows' groups) and its distortion per
     # entry D_t on that sample. After the rotation every row's (unit-variance) direction looks
@@ -574,6 +582,24 @@ def vq(table, *, rate: float, seed: int = 0, tiers=DEFAULT_TIERS, norm: str = "l
     return emb
 
 
+@jax.jit
+def _prob_sum(h, table):
+    return jnp.sum(jax.nn.softmax(h @ table.T, axis=-1), axis=0)
+
+
+def mean_probability(table, hidden, rows: int = 512) -> np.ndarray:
+    """`[V]` float64: the tied head's softmax(h table^T) averaged over the states h `[N, d]`
+    (`rows` states at a time: never `[N, V]`)."""
+    tab, hid = jnp.asarray(table, jnp.float32), np.asarray(hidden, np.float32)
+    pad = (-len(hid)) % rows
+    total = np.zeros(tab.shape[0])
+    for i in range(0, len(hid), rows):
+        total += np.asarray(_prob_sum(jnp.asarray(hid[i:i + rows]) if i + rows <= len(hid) else
+                                      jnp.asarray(np.pad(hid[i:], ((0, pad), (0, 0)))), tab))
+    total -= pad * np.asarray(jax.nn.softmax(jnp.zeros(tab.shape[0])))   # padded zero states
+    return total / max(len(hid), 1)
+
+
 # ----------------------------------------------------------------------------- refinement
 def refine(table, mean, rot, tier, codes, books, gain, hidden, *, steps: int, lr: float,
            batch: int = 256, seed: int = 0):
@@ -624,7 +650,8 @@ def refine(table, mean, rot, tier, codes, books, gain, hidden, *, steps: int, lr
 
 # ----------------------------------------------------------------------------- registered method
 OPTIONS = ("tiers", "norm", "gain", "center", "rotate", "floor", "head_weight", "iters",
-           "refit_iters", "weighted", "ldlq_rounds", "refine_steps", "refine_lr", "max_train")
+           "refit_iters", "weighted", "ldlq_rounds", "refine_steps", "refine_lr", "max_train",
+           "prob_weight")
 
 
 def check_options(options: dict) -> None:
