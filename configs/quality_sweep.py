@@ -33,8 +33,8 @@ the quantisers within 0.2% of the original.
 "-low" (2026-12-02), rate 16 / 32, tied: SmolLM2 (original 28.82) vq 32.70 / 43.35, SVD 22,532 /
 26,978, AE 6,413 / 8,893; MiniLM STS-B vq 86.68 / 85.92, SVD 69.03 / 63.91, AE 63.65 / 63.19;
 Gemma 3 (original 23.47) vq 25.89 / 31.51, SVD 4,654 / 3,858, AE 69,376 / 69,079 (~70 min on
-the shared 2-core CPU, ~37 of them vq's compression). "smollm2-low12" at rate 16: tied 32.06,
-head kept 29.92 (479 s to compress).
+the shared 2-core CPU, ~37 of them vq's compression). "smollm2-low12" at rate 16 / 32: tied 32.06 /
+41.99, head kept 29.92 / 34.51 (479 s / 620 s to compress).
 """
 from configs.gemma3_wikitext import get_config as gemma3_config
 from configs.minilm_sts import get_config as minilm_config
