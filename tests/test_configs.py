@@ -9,9 +9,6 @@ from dirjax.config import base_config, check_config
 from dirjax.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
-# configs whose get_config takes an argument (`--config configs/X.py:ARG`): each value
-ARGS = {"quality_sweep": ("smollm2", "minilm", "smollm2-low", "minilm-low", "gemma3-low",
-                                   "smollm2-low12")}
 
 
 def load(path: Path):
@@ -19,6 +16,10 @@ def load(path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# configs whose get_config takes an argument (`--config configs/X.py:ARG`): each value it names
+ARGS = {"quality_sweep": load(CONFIGS[0].parent / "quality_sweep.py").MODELS}
 
 
 @pytest.mark.parametrize("path,arg", [(p, a) for p in CONFIGS for a in ARGS.get(p.stem, (None,))],

@@ -583,21 +583,23 @@ def vq(table, *, rate: float, seed: int = 0, tiers=DEFAULT_TIERS, norm: str = "l
 
 
 @jax.jit
-def _prob_sum(h, table):
-    return jnp.sum(jax.nn.softmax(h @ table.T, axis=-1), axis=0)
+def _prob_sum(h, live, table):
+    """Sum over the live states of h `[n, d]` of softmax(h table^T) `[V]`."""
+    return jnp.sum(jax.nn.softmax(h @ table.T, axis=-1) * live[:, None], axis=0)
 
 
 def mean_probability(table, hidden, rows: int = 512) -> np.ndarray:
     """`[V]` float64: the tied head's softmax(h table^T) averaged over the states h `[N, d]`
-    (`rows` states at a time: never `[N, V]`)."""
+    (`rows` states at a time, the last slice padded and masked: never `[N, V]`)."""
     tab, hid = jnp.asarray(table, jnp.float32), np.asarray(hidden, np.float32)
-    pad = (-len(hid)) % rows
+    n = len(hid)
+    hid = np.pad(hid, ((0, (-n) % rows), (0, 0)))
+    live = (np.arange(len(hid)) < n).astype(np.float32)
     total = np.zeros(tab.shape[0])
     for i in range(0, len(hid), rows):
-        total += np.asarray(_prob_sum(jnp.asarray(hid[i:i + rows]) if i + rows <= len(hid) else
-                                      jnp.asarray(np.pad(hid[i:], ((0, pad), (0, 0)))), tab))
-    total -= pad * np.asarray(jax.nn.softmax(jnp.zeros(tab.shape[0])))   # padded zero states
-    return total / max(len(hid), 1)
+        total += np.asarray(_prob_sum(jnp.asarray(hid[i:i + rows]), jnp.asarray(live[i:i + rows]),
+                                      tab))
+    return total / max(n, 1)
 
 
 # ----------------------------------------------------------------------------- refinement
