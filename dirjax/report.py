@@ -19,8 +19,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from dirjax.fileio import atomic_write  # noqa: F401  (the writer of every results file)
 
 COLUMNS = [("model", "model"), ("method", "method"), ("output", "output"), ("rate", "rate"),
            ("rank", "rank"), ("dataset", "dataset"), ("metric", "metric"), ("value", "value"),
@@ -30,29 +31,6 @@ COLUMNS = [("model", "model"), ("method", "method"), ("output", "output"), ("rat
            ("mean_cosine", "mean cos"), ("compress_seconds", "compress s"), ("seconds", "s")]
 LOG_METRICS = ("ppl", "mlm_ppl")
 OUTPUT_LABELS = {"tied": " (input + tied head)", "original": " (input only, head kept)"}
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write `data` to `path` through a temporary file and `os.replace`, with the permissions
-    an ordinary new file gets (mkstemp's are 0600)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def fmt(key: str, v) -> str:

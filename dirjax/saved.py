@@ -27,12 +27,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from dirjax.errors import ConfigError, DirjaxError, WeightsError
+from dirjax.fileio import atomic_dir
 
 MODEL_FILE = "dirjax_model.json"
 FORMAT = "dirjax.model/1"
@@ -152,7 +152,7 @@ def save_model(model, directory, *, source=None, meta: dict | None = None) -> Pa
     rate, metrics, `meta`. `dirjax.load_model(directory)` gives the same model back. An
     existing folder is replaced only when it is a saved model itself.
     """
-    from dirjax.compress.store import _replace_dir, save_compressed
+    from dirjax.compress.store import save_compressed
     from dirjax.embedding import compression_rate
     emb = _compressed(model)
     where = _source_of(model, source)
@@ -168,14 +168,9 @@ def save_model(model, directory, *, source=None, meta: dict | None = None) -> Pa
     }
     json.dumps(info)  # a non-JSON meta field fails before anything is written
     directory = _target(directory, is_saved_model, "a model saved by dirjax.save_model")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_dir(directory) as tmp:
         save_compressed(emb, tmp / EMBEDDING_DIR)
         (tmp / MODEL_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        _replace_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
@@ -320,7 +315,6 @@ def export_hf(model, directory, *, source=None) -> Path:
     metadata). The model's other weights must be its source's (checked)."""
     from safetensors.numpy import save_file
 
-    from dirjax.compress.store import _replace_dir
     from dirjax.embedding import compression_rate, swap_embedding
     from dirjax.models import family_of
     emb = model.embedding
@@ -365,15 +359,10 @@ def export_hf(model, directory, *, source=None) -> Path:
             "method": getattr(emb, "method", "") or "", "rate": f"{compression_rate(emb):.6g}"}
 
     directory = _target(directory, _is_export, "a checkpoint written by dirjax.export_hf")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_dir(directory) as tmp:
         write_tokenizer(tmp)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         save_file({n: np.ascontiguousarray(a, np.float32) if a.dtype.kind == "f" else
                    np.ascontiguousarray(a) for n, a in state.items()},
                   str(tmp / "model.safetensors"), metadata=mark)
-        _replace_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory

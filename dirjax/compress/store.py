@@ -15,14 +15,12 @@ arrays under DIR/arrays/, quantised codes unpacked) are still read.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from dirjax.errors import WeightsError
+from dirjax.fileio import atomic_dir
 
 FORMAT = "dirjax.compressed/3"
 ORBAX_FORMATS = ("dirjax.compressed/1", "dirjax.compressed/2")   # arrays in an Orbax checkpoint
@@ -50,27 +48,11 @@ def save_compressed(emb, directory, meta: dict | None = None) -> Path:
             "vocab_size": emb.vocab_size, "features": emb.features, **static,
             "metrics": emb.metrics, "meta": emb.meta, **(meta or {})}
     json.dumps(info)  # fail on a non-JSON field before anything is written
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_dir(directory) as tmp:
         (tmp / ARRAYS).parent.mkdir()
         save_file({n: np.ascontiguousarray(a) for n, a in arrays.items()}, str(tmp / ARRAYS))
         (tmp / "meta.json").write_text(json.dumps(info, indent=2) + "\n")
-        _replace_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename `src` to `dst`; an existing `dst` is moved aside first and removed after."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def arrays_bytes(directory) -> int:
