@@ -33,10 +33,17 @@ test: weights
 test-slow: weights
 	$(BIN)/python -m pytest -q -m slow
 
-# Golden fixtures from transformers-PyTorch (needs torch==2.13.0, CPU build, on local disk).
+# Golden fixtures from transformers-PyTorch (needs torch==2.13.0, CPU build, on local disk);
+# then the export tokenizer's ids under transformers 4.57 (a throwaway venv, TF4_VENV).
+TF4_VENV ?= /tmp/tf457
 fixtures: weights
 	$(BIN)/pip install -q torch==2.13.0 accelerate
 	$(BIN)/python scripts/make_fixtures.py
+	$(BIN)/python scripts/fixtures_tokenizer_compat.py export /tmp/dirjax-tok-exports
+	test -x $(TF4_VENV)/bin/python || ($(PY) -m venv $(TF4_VENV) && $(TF4_VENV)/bin/pip install -q \
+		transformers==4.57.6 tokenizers numpy safetensors)
+	$(TF4_VENV)/bin/python scripts/fixtures_tokenizer_compat.py read /tmp/dirjax-tok-exports \
+		tests/fixtures/tokenizer_compat_457.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build dist

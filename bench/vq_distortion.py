@@ -23,7 +23,7 @@ import numpy as np
 
 def directions(table: np.ndarray, seed: int = 0) -> np.ndarray:
     """vq's u `[V, d]`: centred, rotated, rows at unit variance per entry."""
-    from dirjax.compress.quantize import random_rotation
+    from dirjax.compress.codec import random_rotation
     y = (table - table.mean(0)) @ random_rotation(table.shape[1], seed)
     return (y * np.sqrt(table.shape[1]) / np.linalg.norm(y, axis=1, keepdims=True)).astype(np.float32)
 
@@ -42,7 +42,7 @@ def e8_points(n: int = 1 << 16, shift: float = 0.25) -> np.ndarray:
 
 def main():
     import dirjax
-    from dirjax.compress.vq import assign, kmeans
+    from dirjax.compress.kmeans import assign, kmeans
 
     model, _ = dirjax.load_model("smollm2-135m")
     table = np.asarray(model.embedding.table(), np.float32)

@@ -104,7 +104,7 @@ def main():
     import importlib
 
     import dirjax
-    from dirjax.compress.quantize import QuantizeError
+    from dirjax.compress.codec import QuantizeError
     from dirjax.evaluate.perplexity import causal_perplexity, tokenize_stream
     p = argparse.ArgumentParser()
     p.add_argument("--data", required=True, help="the shared data dir (wikitext-2, wikitext-2-raw)")

@@ -22,15 +22,20 @@ import math
 import ml_collections
 
 from dirjax.errors import ConfigError
+from dirjax.models import DTYPES   # the dtypes a model loads in (dirjax.models.dtype_name)
 
 JOBS = ("eval", "finetune")
-DTYPES = ("float32", "bfloat16", "float16")
+COMPUTE_DTYPES = ("float32", "bfloat16")   # matmul operands (accumulation is always fp32)
 
 COMMON = {
     "job": "eval",                  # eval | finetune
     "model": "smollm2-135m",        # alias, local HF dir, .gguf file or Hub id (dirjax.load_model)
     "tokenizer": "",                # "" = the model's own; else a tokenizer dir or Hub id
     "dtype": "float32",             # parameters of the loaded model
+    # the operands of every matmul: "bfloat16" scores with a bf16 copy of the parameters made
+    # once per evaluation (fine-tuning: per step) from the loaded ones; every product
+    # accumulates in fp32; norms, softmax, log-sum-exp and the loss stay fp32 (docs/speed.md)
+    "compute_dtype": "float32",     # float32 | bfloat16
     "data_dir": "",                 # local data folder; "" = $DIRJAX_DATA_DIR, else the Hub
     "methods": ("svd", "ae"),       # "original" may be listed to set its place; else it runs first
     "rates": (10.0,),
@@ -75,7 +80,6 @@ FINETUNE = {
     "max_grad_norm": 1.0,
     "adam_eps": 1e-8,
     "dropout": 0.1,
-    "compute_dtype": "float32",     # "bfloat16" on accelerators (fp32 master weights)
     "eval_batch_size": 64,
     "pad_multiple": 32,
     "max_train_examples": 0,        # > 0: a quick run on the first examples
@@ -155,6 +159,9 @@ def check_config(config) -> ml_collections.ConfigDict:
         raise ConfigError("config.model is empty")
     if c["dtype"] not in DTYPES:
         raise ConfigError(f"config.dtype must be one of {', '.join(DTYPES)}, got {c['dtype']!r}")
+    if c["compute_dtype"] not in COMPUTE_DTYPES:
+        raise ConfigError(f"config.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, "
+                          f"got {c['compute_dtype']!r}")
     if not isinstance(c["progress"], bool):
         raise ConfigError(f"config.progress must be True or False, got {c['progress']!r}")
     _check_methods_and_rates(c)
@@ -173,7 +180,9 @@ def _check_methods_and_rates(c: dict) -> None:
         raise ConfigError(f"config.methods lists a method twice: {c['methods']!r}")
     compressed = [m for m in c["methods"] if m != "original"]
     for m in compressed:
-        get_method(m)                                  # unknown name: ConfigError
+        if get_method(m).module is None:               # unknown name: ConfigError
+            raise ConfigError(f"method {m!r} registers no embedding class, so its results could "
+                              f"not be cached: register_method({m!r}, fn, module=...)")
     c["rates"] = _as_tuple(c["rates"], "rates")
     try:
         c["rates"] = tuple(check_rate(r) for r in c["rates"])
@@ -278,8 +287,6 @@ def _check_finetune(c: dict) -> None:
     if c["pooling"] not in ("auto", *POOLINGS):
         raise ConfigError(f"config.pooling must be one of auto, {', '.join(POOLINGS)}, "
                           f"got {c['pooling']!r}")
-    if c["compute_dtype"] not in DTYPES:
-        raise ConfigError(f"config.compute_dtype must be one of {', '.join(DTYPES)}")
     _check_ints(c, ("max_length", "batch_size", "micro_batch_size", "epochs", "eval_batch_size",
                     "pad_multiple", "max_train_examples", "max_eval_examples", "stride", "n_best",
                     "max_answer_length"))

@@ -29,19 +29,45 @@ import os
 import time
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from tqdm.auto import tqdm
 
 from dirjax import data as data_lib
+from dirjax import finetune as ft
 from dirjax import report
+from dirjax import saved   # saved.load_model: a saved folder or a source (through
+                           # dirjax.models.load_model, which tests replace)
+from dirjax.compress import compress, get_method, rank_for_rate
 from dirjax.compress.cache import (CompressionCache, compression_key, digest, model_fingerprint,
                                    tokenizer_fingerprint)
-from dirjax.config import EVAL_TASKS, FINETUNE, base_config, check_config  # noqa: F401
+from dirjax.compress.calib import collect
+from dirjax.config import EVAL_TASKS, base_config, check_config
+from dirjax.embedding import compression_rate, swap_embedding
 from dirjax.errors import ConfigError, DataError
+from dirjax.evaluate import (causal_perplexity, mask_lines, mlm_perplexity, sts_spearman,
+                             tokenize_stream)
+from dirjax.evaluate.perplexity import bos_of
+from dirjax.models.generate import generate
 
 FP32_BYTES = 4
 RESULT_ONLY_OPTIONS = ("workdir", "progress", "calibration")  # options that do not change a result
+
+# A row's key digests its job's settings: every config field, but those below, each left out
+# because it changes no row or is keyed by what it gives (a field added to the config is in
+# the keys unless it is listed here). Field -> why.
+NOT_SETTINGS = {
+    "job": "the key holds the job itself",
+    "model": "the key holds the weights' digest, whatever the model's name or path",
+    "tokenizer": "the key holds the tokenizer's definition, whatever its name",
+    "data_dir": "the key holds the data's digest, wherever they were read",
+    "methods": "a row is one method: the key holds its compression's key",
+    "rates": "a row is one rate: the key holds its compression's key",
+    "method_options": "the compression's key holds the options that change it",
+    "progress": "display only",
+}
 
 
 # ---------------------------------------------------------------------------- work directory
@@ -94,18 +120,38 @@ class WorkdirLock:
 
 # ---------------------------------------------------------------------------- the jobs
 
-class EvalJob:
-    """Score the original model and every (method, rate, output) on one task."""
+def settings(c, left_out: dict) -> dict:
+    """The fields of config `c` that a row's key holds: all but NOT_SETTINGS and `left_out`."""
+    return {n: plain(c[n]) for n in c.keys() if n not in NOT_SETTINGS and n not in left_out}
 
-    def __init__(self, c):
-        self.c = c
+
+class EvalJob:
+    """Score the original model and every (method, rate, output) on one task.
+
+    Every job answers the same calls, in this order: read_data(), check_model(model),
+    prepare(model, tokenizer), units(), settings(), run(model, emb, unit, common) -> rows,
+    finish(model, tokenizer, rows, compressions); `doing` names its work on the progress bar.
+    """
+    doing = "evaluating"
+    NOT_SETTINGS = {
+        "bos": "the key holds whether a BOS is used (what 'auto' gives for this tokenizer)",
+        "outputs": "a row is one output: its unit holds it",
+        "prompt": "continuations go to samples.md, not to rows",
+        "prompt_tokens": "continuations go to samples.md, not to rows",
+    }
+    # Fields keyed only away from their default: added after eval rows existed, whose default
+    # computes what those rows computed, so today's keys stay as they were. Field -> default.
+    KEYED_WHEN_SET = {"compute_dtype": "float32"}
+
+    def __init__(self, c, workdir: Path):
+        self.c, self.workdir = c, workdir
         self.metric = EVAL_TASKS[c.task][0]
         self.dataset = f"{c.dataset}/{data_lib.SPLIT_ALIASES.get(c.split, c.split)}"
+        self.bos = None    # set by prepare(): whether windows start with a BOS
 
     def settings(self) -> dict:
-        names = ("dtype", "task", "dataset", "split", "max_tokens", "max_length", "stride",
-                 "batch_size", "max_examples", "mlm_probability", "mlm_min_tokens", "seed")
-        return {n: self.c[n] for n in names} | {"bos": self.bos}
+        at_default = {n: d for n, d in self.KEYED_WHEN_SET.items() if self.c[n] == d}
+        return settings(self.c, self.NOT_SETTINGS | at_default) | {"bos": self.bos}
 
     def read_data(self) -> None:
         c = self.c
@@ -114,7 +160,8 @@ class EvalJob:
             if c.max_examples:
                 pairs = data_lib.SentencePairs(*(x[:c.max_examples] for x in
                                                  (pairs.sentence1, pairs.sentence2, pairs.score)))
-            self.data, self.data_digest = pairs, digest(pairs.sentence1, pairs.sentence2, pairs.score)
+            self.data = pairs
+            self.data_digest = digest(pairs.sentence1, pairs.sentence2, pairs.score)
             return
         text = data_lib.load_text(c.dataset, c.split, c.data_dir or None)
         if not text.strip():
@@ -133,9 +180,6 @@ class EvalJob:
 
     def prepare(self, model, tokenizer) -> None:
         """The scorer `model -> {"value", "tokens", ...}` on the tokenised data."""
-        from dirjax.evaluate import (causal_perplexity, mask_lines, mlm_perplexity,
-                                     sts_spearman, tokenize_stream)
-        from dirjax.evaluate.perplexity import bos_of
         c, data = self.c, self.data
         self.outputs = c.outputs if model.tied and model.out_embedding is not None else (None,)
         self.bos = None
@@ -150,7 +194,7 @@ class EvalJob:
             def score(m):
                 out = causal_perplexity(m, ids, max_length=c.max_length, stride=c.stride or None,
                                         batch_size=c.batch_size, progress=c.progress,
-                                        bos_id=bos_id)
+                                        bos_id=bos_id, compute_dtype=c.compute_dtype)
                 return {"value": out["ppl"], "tokens": out["tokens"], "nll": out["nll"],
                         "bos": bos_id is not None}
         elif c.task == "mlm_ppl":
@@ -161,13 +205,15 @@ class EvalJob:
                 examples = examples[:c.max_examples]
 
             def score(m):
-                out = mlm_perplexity(m, examples, batch_size=c.batch_size, progress=c.progress)
+                out = mlm_perplexity(m, examples, batch_size=c.batch_size, progress=c.progress,
+                                     compute_dtype=c.compute_dtype)
                 return {"value": out["ppl"], "tokens": out["tokens"], "nll": out["nll"],
                         "examples": len(examples)}
         else:
             def score(m):
                 out = sts_spearman(m, tokenizer, data, batch_size=c.batch_size,
-                                   max_length=c.max_length, progress=c.progress)
+                                   max_length=c.max_length, progress=c.progress,
+                                   compute_dtype=c.compute_dtype)
                 return {"value": 100 * out["spearman"], "tokens": out["tokens"],
                         "examples": out["pairs"]}
         self.score = score
@@ -185,30 +231,40 @@ class EvalJob:
                     yield method, rate, {"output": output}
 
     def run(self, model, emb, unit: dict, common: dict) -> list[dict]:
-        from dirjax.embedding import swap_embedding
         start = time.perf_counter()
-        variant = model if emb is None else swap_embedding(model, emb, output=unit["output"] or "tied")
+        variant = model if emb is None else swap_embedding(model, emb,
+                                                           output=unit["output"] or "tied")
         out = self.score(variant)
         return [{**common, "task": self.c.task, "dataset": self.dataset, "metric": self.metric,
                  **unit, **out, "seconds": time.perf_counter() - start}]
 
+    def finish(self, model, tokenizer, rows: list[dict], compressions) -> None:
+        if self.c.prompt:
+            write_samples(self.c, self.workdir, model, tokenizer, rows, compressions)
+
 
 class FinetuneJob:
-    """Fine-tune the original model and every (method, rate) on GLUE tasks / SQuAD, per seed."""
+    """Fine-tune the original model and every (method, rate) on GLUE tasks / SQuAD, per seed
+    (the calls of `EvalJob`); checkpoints under <workdir>/checkpoints/."""
+    doing = "fine-tuning"
+    NOT_SETTINGS = {
+        "tasks": "a row is one task: its unit holds it",
+        "seeds": "a row is one seed: its unit holds it",
+        "reference": "adds the original model's rows, changes none",
+    }
+    SQUAD_ONLY = {n: "SQuAD-only: changes no GLUE run"
+                  for n in ("stride", "n_best", "max_answer_length", "train_file")}
 
-    def __init__(self, c):
-        self.c = c
+    def __init__(self, c, workdir: Path):
+        self.c, self.checkpoints = c, workdir / "checkpoints"
         self.outputs = (None,)
 
     def settings(self) -> dict:
-        names = [n for n in FINETUNE if n not in ("tasks", "seeds", "reference")]
-        if "squad" not in self.c.tasks:   # SQuAD-only fields do not change a GLUE run
-            names = [n for n in names if n not in ("stride", "n_best", "max_answer_length",
-                                                   "train_file")]
-        return {"dtype": self.c.dtype, **{n: self.c[n] for n in names}}
+        squad_only = {} if "squad" in self.c.tasks else self.SQUAD_ONLY
+        return settings(self.c, self.NOT_SETTINGS | squad_only)
 
     def read_data(self) -> None:
-        from dirjax.data import glue, squad
+        glue, squad = data_lib.glue, data_lib.squad
         c = self.c
         n_train, n_dev = c.max_train_examples or None, c.max_eval_examples or None
         self.data, self.digests = {}, {}
@@ -250,18 +306,14 @@ class FinetuneJob:
                     for rate in ([1.0] if method == "original" else c.rates):
                         yield method, rate, {"task": task, "seed": seed}
 
-    def run(self, model, emb, unit: dict, common: dict, checkpoints: Path) -> list[dict]:
-        from flax import nnx
-
-        from dirjax import finetune as ft
-        from dirjax.embedding import swap_embedding
+    def run(self, model, emb, unit: dict, common: dict) -> list[dict]:
         c, task, seed = self.c, unit["task"], unit["seed"]
         cfg = ft.train_config(c)
         # a copy (shares arrays): fit() updates its backbone in place
         backbone = nnx.merge(*nnx.split(model)) if emb is None else swap_embedding(model, emb)
         train, dev = self.data[task]
         name = f"{task}-{common['method']}-rate{common['rate']:g}-seed{seed}-{common['key'][:10]}"
-        ckpt = checkpoints / name
+        ckpt = self.checkpoints / name
         log = (lambda msg: tqdm.write(f"[{name}] {msg}")) if c.progress else (lambda msg: None)
         start = time.perf_counter()
         if task == "squad":
@@ -292,6 +344,12 @@ class FinetuneJob:
                          "value": value})
         return rows
 
+    def finish(self, model, tokenizer, rows: list[dict], compressions) -> None:
+        pass
+
+
+JOBS = {"eval": EvalJob, "finetune": FinetuneJob}
+
 
 # ---------------------------------------------------------------------------- compression
 
@@ -316,7 +374,6 @@ class Compressions:
         self.table_digest = digest(self.table)
         self.done: dict[tuple, tuple] = {}
         # hidden states are taken as the model is used: after a BOS when its tokenizer adds one
-        from dirjax.evaluate.perplexity import bos_of
         self.bos_id = bos_of(tokenizer)
 
     def calibration(self, method: str) -> dict | None:
@@ -332,21 +389,19 @@ class Compressions:
 
     @functools.cache
     def calibration_arrays(self, method: str) -> dict:
-        from dirjax.compress.calib import collect
         spec = plain(self.c.method_options[method]["calibration"])
         return collect(self.model, self.tokenizer, self.calib_texts[method],
                        n_hidden=int(spec["n_hidden"]), max_length=int(spec.get("max_length", 512)),
                        bos_id=self.bos_id)
 
     def key(self, method: str, rate: float) -> str:
-        return compression_key(self.table_digest, method, rate, compression_options(self.c, method),
-                               self.calibration(method))
+        return compression_key(self.table_digest, method, rate,
+                               compression_options(self.c, method), self.calibration(method))
 
     def get(self, method: str, rate: float):
         """(embedding, compress seconds, reused?) of (method, rate)."""
         if (method, rate) in self.done:
             return self.done[method, rate]
-        from dirjax.compress import compress
         c = self.c
         options = compression_options(c, method)
 
@@ -361,14 +416,16 @@ class Compressions:
 
         got = self.cache.get_or_make(method, rate, self.key(method, rate), make,
                                      {"model": c.model, "requested_rate": rate,
-                                      "options": plain(c.method_options.get(method) or {})})
+                                      "options": plain(c.method_options.get(method) or {}),
+                                      # what dirjax.load_model(model, embedding=DIR) checks
+                                      "table_digest": self.table_digest,
+                                      "table_dtype": jnp.dtype(self.table.dtype).name})
         self.done[method, rate] = got
         return got
 
 
 def embedding_fields(model, emb, output) -> dict:
     """Size fields of a row: the embedding's stored bytes, the whole model's, the rank."""
-    from dirjax.embedding import compression_rate
     v, d = model.config.vocab_size, model.config.hidden_size
     total = sum(int(np.prod(x.shape)) for x in _param_leaves(model))
     # the input table, and an untied head's own table, count in `total`; the compressed
@@ -384,8 +441,6 @@ def embedding_fields(model, emb, output) -> dict:
 
 
 def _param_leaves(model):
-    import jax
-    from flax import nnx
     return jax.tree.leaves(nnx.state(model, nnx.Param))
 
 
@@ -396,7 +451,7 @@ def run_experiment(config, workdir) -> list[dict]:
     c = check_config(config if config is not None else base_config())
     workdir = Path(workdir)
     check_workdir(workdir)
-    job = EvalJob(c) if c.job == "eval" else FinetuneJob(c)
+    job = JOBS[c.job](c, workdir)
     job.read_data()
     calib_texts = {}   # read now, so a missing calibration file costs nothing
     for method, options in c.method_options.items():
@@ -409,11 +464,8 @@ def run_experiment(config, workdir) -> list[dict]:
 
 
 def _run_locked(c, workdir: Path, job, calib_texts: dict, results) -> list[dict]:
-    from dirjax.compress import get_method, rank_for_rate
-    from dirjax.models import load_model
-
-    model, tokenizer = load_model(c.model, dtype=getattr(jnp, c.dtype),
-                                  tokenizer=c.tokenizer or None)
+    model, tokenizer = saved.load_model(c.model, dtype=getattr(jnp, c.dtype),
+                                        tokenizer=c.tokenizer or None)
     job.check_model(model)
     v, d = model.config.vocab_size, model.config.hidden_size
     for method in c.methods:
@@ -452,35 +504,28 @@ def _run_locked(c, workdir: Path, job, calib_texts: dict, results) -> list[dict]
                       "compress_seconds": compress_seconds, "reused": reused,
                       "embedding_dir": None if emb is None else
                       str(compressions.cache.path(method, rate, comp_key))}
-            bar.set_postfix_str(f"{method} rate {rate:g}: {'evaluating' if c.job == 'eval' else 'fine-tuning'}")
-            if c.job == "eval":
-                new = job.run(model, emb, unit, common)
-            else:
-                new = job.run(model, emb, unit, common, workdir / "checkpoints")
+            bar.set_postfix_str(f"{method} rate {rate:g}: {job.doing}")
+            new = job.run(model, emb, unit, common)
             for row in new:
                 results.put(row)
             rows += new
             bar.update(1)
     finally:
         bar.close()
-    if c.job == "eval" and c.prompt:
-        write_samples(c, workdir, model, tokenizer, rows, compressions)
+    job.finish(model, tokenizer, rows, compressions)
     return rows
 
 
 def write_samples(c, workdir: Path, model, tokenizer, rows: list[dict], compressions) -> None:
     """Greedy continuations of `c.prompt` by the original model and by the best compressed one
     of this run, side by side in <workdir>/samples.md (and samples.json)."""
-    from dirjax.embedding import swap_embedding
-    from dirjax.models.generate import generate
-
     compressed = [r for r in rows if r["method"] != "original" and math.isfinite(r["value"])]
-    models = [("original", None, model)]
+    models = [(report.UNCOMPRESSED_LABEL, None, model)]
     if compressed:
         best = min(compressed, key=lambda r: r["value"])
         emb = compressions.get(best["method"], best["rate"])[0]
         label = f"{best['method']} rate {best['rate']:g}" + \
-            (f" ({best['output']})" if best["output"] else "")
+            (f" ({report.output_label(best)})" if best["output"] else "")
         models.append((label, best, swap_embedding(model, emb, output=best["output"] or "tied")))
     ids = tokenizer(c.prompt, add_special_tokens=True)["input_ids"]
     samples = []
@@ -491,7 +536,7 @@ def write_samples(c, workdir: Path, model, tokenizer, rows: list[dict], compress
     report.atomic_write(workdir / "samples.json", json.dumps(
         {"prompt": c.prompt, "samples": samples}, indent=1) + "\n")
     lines = [f"Prompt: {c.prompt!r}", "", "| model | greedy continuation |", "|---|---|"]
-    lines += [f"| {s['model']} | {' '.join(s['continuation'].split()).replace('|', chr(92) + '|')} |"
-              for s in samples]
+    cells = [" ".join(s["continuation"].split()).replace("|", "\\|") for s in samples]
+    lines += [f"| {s['model']} | {cell} |" for s, cell in zip(samples, cells)]
     report.atomic_write(workdir / "samples.md", "\n".join(lines) + "\n")
 

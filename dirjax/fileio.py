@@ -11,6 +11,10 @@ one, never neither. Elsewhere the old folder is moved aside for the instant of t
 Temporary siblings carry their writer's pid (`.NAME.tmp-PID-xxxx`); those of dead writers (a
 kill) are removed by the next write to the same name. New files and folders get the
 permissions the umask gives, as `open()` and `mkdir()` would (mkstemp's are 0600/0700).
+
+Test hook (tests/test_faults.py only): `$DIRJAX_TEST_REPLACE_PAUSE` seconds, when set, are
+slept in `replace_dir` after the new folder took the name and before the old one is removed,
+so that kills land in that window; unset (always, outside those tests) it costs nothing.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import errno
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 _AT_FDCWD = -100
@@ -68,6 +73,7 @@ def replace_dir(src: Path, dst: Path) -> None:
             if err == errno.EEXIST:
                 err = _rename2(src, dst, _RENAME_EXCHANGE)
                 if err == 0:                    # src now holds the old folder
+                    _test_pause()
                     shutil.rmtree(src, ignore_errors=True)
                     return
                 if err == errno.ENOENT:         # dst went away in between: try again
@@ -81,7 +87,15 @@ def replace_dir(src: Path, dst: Path) -> None:
         os.replace(dst, old)
     os.replace(src, dst)
     if old is not None:
+        _test_pause()
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _test_pause() -> None:
+    """The fault tests' window (module docstring): sleep $DIRJAX_TEST_REPLACE_PAUSE seconds."""
+    pause = os.environ.get("DIRJAX_TEST_REPLACE_PAUSE")
+    if pause:
+        time.sleep(float(pause))
 
 
 def _alive(pid: int) -> bool:

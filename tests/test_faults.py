@@ -1,9 +1,12 @@
-"""Fault injection: run.py killed (SIGKILL) at random moments across compression, evaluation and
-saving, each kill followed by a rerun on the same work directory. Every final results.json
-equals an uninterrupted run's, results.json is absent or valid after every kill, no temporary
-folder or file is left, and no rerun reuses a stale compression.
+"""Fault injection (SIGKILL at random moments), each kill followed by a check and a rerun:
+  - run.py across compression, evaluation and saving: every final results.json equals an
+    uninterrupted run's, results.json is absent or valid after every kill, no temporary folder
+    or file is left, and no rerun reuses a stale compression;
+  - save_model saving to one folder over and over (and in the window where the new folder has
+    the name and the old one is not yet removed): the folder is always a whole saved model;
+  - the chunked alias's assembly into the cache: no file or the whole verified one.
 
-    .venv/bin/python -m pytest -m slow tests/test_faults.py     (~5 min on 2 cores)
+    .venv/bin/python -m pytest -m slow tests/test_faults.py     (~7 min on 2 cores)
 """
 import json
 import os
@@ -93,3 +96,182 @@ def test_runs_killed_at_random_moments_end_like_an_uninterrupted_one(tmp_path):
         named = {Path(r["embedding_dir"]).name for r in final if r["embedding_dir"]}
         assert {p.name for p in (work / "embeddings").iterdir()} == named
     assert kills >= 10
+
+
+# ----------------------------------------------------------------------------- save_model
+
+SAVER = r"""
+import os, sys
+from pathlib import Path
+import numpy as np
+import dirjax
+from dirjax import save_model, swap_embedding
+from dirjax.compress import compress
+from test_faults import batch_logits
+
+source, target, refs = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+model, _ = dirjax.load_model(source)
+table = np.asarray(model.embedding.table(), np.float32)
+small = [swap_embedding(model, compress(table, rate=r, method="quant"), "tied") for r in (4, 8)]
+for i, m in enumerate(small):     # what each saved model computes, before any kill
+    if not (refs / f"{i}.npy").exists():
+        save_model(m, refs / str(i))
+        np.save(refs / f"{i}.tmp.npy", batch_logits(m))
+        os.replace(refs / f"{i}.tmp.npy", refs / f"{i}.npy")
+save_model(small[0], target)
+print("ready", flush=True)
+i = 1
+while True:                       # old and new differ at every save
+    save_model(small[i % 2], target)
+    i += 1
+"""
+
+
+def batch_logits(model):
+    """The logits of `model` on the golden llama batch, jitted the same way in every process."""
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    golden = np.load(ROOT / "tests" / "fixtures" / "golden_llama.npz")
+    out = nnx.jit(lambda m, ids, mask: m(ids, mask))(model, jnp.asarray(golden["ids"]),
+                                                        jnp.asarray(golden["mask"]))
+    return np.asarray(out)
+
+
+def wait_ready(proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Until the child prints its `ready` line (it has set up and starts its loop)."""
+    import select
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([proc.stdout], [], [], 1.0)[0]:
+            line = proc.stdout.readline()
+            if line.strip() == "ready":
+                return
+            if not line:
+                break
+    proc.kill()
+    raise AssertionError(f"the child did not get ready: {proc.stderr.read()}")
+
+
+def hidden(folder: Path, name: str) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(f".{name}."))
+
+
+@pytest.mark.slow
+def test_save_model_killed_at_random_moments_leaves_old_or_new(tmp_path):
+    """A child saves two different compressed models in turn to one folder, pausing 50 ms in
+    replace_dir's window (the new folder has the name, the old one is not yet removed:
+    $DIRJAX_TEST_REPLACE_PAUSE); SIGKILL at random moments. After each kill the folder is one
+    of the two saved models, whole (it loads, with that model's logits); the next save_model
+    leaves no `.NAME.tmp-*` / `.NAME.old-*` behind."""
+    import numpy as np
+
+    import dirjax
+
+    refs, out = tmp_path / "refs", tmp_path / "out"
+    refs.mkdir()
+    out.mkdir()
+    target = out / "model"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "DIRJAX_TEST_REPLACE_PAUSE": "0.05",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
+    rng = random.Random(1)
+    expected, window, kills = None, 0, 0
+    for episode in range(8):
+        proc = subprocess.Popen([sys.executable, "-c", SAVER, TINY, str(target), str(refs)],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        wait_ready(proc)
+        time.sleep(rng.uniform(0.0, 0.6))
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        if expected is None:
+            expected = [np.load(refs / f"{i}.npy") for i in range(2)]
+            assert not np.array_equal(*expected)       # old and new are told apart
+            sizes = [json.loads((refs / str(i) / "dirjax_model.json").read_text())["storage_bytes"]
+                     for i in range(2)]
+            assert sizes[0] != sizes[1]
+        left = hidden(out, "model")
+        # a kill in the window leaves the old folder in a dead writer's temporary
+        window += any(".tmp-" in n and (out / n / "dirjax_model.json").exists() for n in left)
+        assert all(".tmp-" in n or ".old-" in n for n in left), left
+        model, _ = dirjax.load_model(target)
+        which = sizes.index(json.loads((target / "dirjax_model.json").read_text())["storage_bytes"])
+        np.testing.assert_array_equal(batch_logits(model), expected[which])
+        # the next call cleans up the dead writer's leftovers
+        dirjax.save_model(dirjax.load_model(refs / str(1 - which))[0], target)
+        assert hidden(out, "model") == [] and sorted(p.name for p in out.iterdir()) == ["model"]
+        np.testing.assert_array_equal(batch_logits(dirjax.load_model(target)[0]),
+                                      expected[1 - which])
+    print(f"save_model: {window} of {kills} kills in the replace window")
+    assert kills == 8 and window >= 1, f"{window} of {kills} kills in the replace window"
+
+
+# ----------------------------------------------------------------------------- alias assembly
+
+ASSEMBLER = r"""
+import os, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from dirjax import models
+models.ALIASES["fake"] = ("fake_big_chunked", "tiny.gguf", "fake-big-chunked==1")
+models.CHUNKED = models.CHUNKED | {"fake"}
+target = Path(os.environ["DIRJAX_CACHE"]) / "tiny.gguf"
+print("ready", flush=True)
+while True:
+    target.unlink(missing_ok=True)
+    models.resolve_alias("fake")      # joins the chunks
+    for _ in range(3):
+        models.resolve_alias("fake")  # verifies the cached file
+"""
+
+
+@pytest.mark.slow
+def test_alias_assembly_killed_at_random_moments(tmp_path, monkeypatch):
+    """A child assembles a 48 MB chunked alias over and over (removing the cached file between
+    rounds), SIGKILLed at random moments. After each kill the cache holds no file or the whole
+    verified one (plus the dead writer's temporary); the next call ends with the right file
+    and nothing else."""
+    import hashlib
+
+    from dirjax import models
+    from test_cache_verify import make_package
+
+    blob = tmp_path / "blob"
+    blob.write_bytes(random.Random(2).randbytes(48 << 20))
+    site = tmp_path / "site"
+    data = make_package(site, blob, name="fake_big_chunked")
+    want = hashlib.sha256(data).hexdigest()
+    blob.unlink()
+    cache = tmp_path / "cache"
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setitem(models.ALIASES, "fake", ("fake_big_chunked", "tiny.gguf", "x==1"))
+    monkeypatch.setattr(models, "CHUNKED", models.CHUNKED | {"fake"})
+    monkeypatch.setenv("DIRJAX_CACHE", str(cache))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    rng = random.Random(3)
+    partial, whole = 0, 0
+    for episode in range(10):
+        proc = subprocess.Popen([sys.executable, "-c", ASSEMBLER, str(site)], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_ready(proc)
+        time.sleep(rng.uniform(0.0, 1.5))
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        names = sorted(p.name for p in cache.iterdir()) if cache.is_dir() else []
+        temporaries = [n for n in names if n.startswith(".tiny.gguf.tmp-")]
+        assert set(names) - set(temporaries) <= {"tiny.gguf"}, names
+        partial += bool(temporaries)
+        if "tiny.gguf" in names:
+            whole += 1
+            assert hashlib.sha256((cache / "tiny.gguf").read_bytes()).hexdigest() == want
+        path = models.resolve_alias("fake")
+        assert sorted(p.name for p in cache.iterdir()) == ["tiny.gguf"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == want
+    sys.modules.pop("fake_big_chunked", None)
+    print(f"assembly: of 10 kills, {partial} left a partial file, {whole} a whole one")
+    assert partial >= 1 and whole >= 1, f"kills: {partial} mid-write, {whole} with a whole file"

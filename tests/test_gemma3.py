@@ -24,6 +24,7 @@ from flax import nnx
 from dirjax import Embedding, load_model, swap_embedding
 from dirjax.errors import MissingPackageError, WeightsError
 from dirjax.models import gemma3, resolve_alias
+from dirjax.models.generate import greedy
 from dirjax.models.gguf import GEMMA3_TENSOR_NAMES, gguf_architecture, read_gguf
 from dirjax.models.weights import read_safetensors
 
@@ -478,7 +479,7 @@ def test_gemma3_270m_greedy_matches_transformers(real, real_golden):
     _, golden = real_golden
     ids = tokenizer(golden["france"])["input_ids"]
     assert ids == golden["france_ids"]
-    new = gemma3.greedy(model, ids, len(golden["france_continuation"]))
+    new = greedy(model, ids, len(golden["france_continuation"]))
     assert new == golden["france_continuation"], tokenizer.decode(new)
     from dirjax.models.generate import generate  # with the KV cache
     assert generate(model, [ids], len(new)) == [new]

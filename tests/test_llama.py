@@ -19,6 +19,7 @@ from flax import nnx
 from dirjax import Embedding, load_model, swap_embedding
 from dirjax.errors import WeightsError
 from dirjax.models import llama
+from dirjax.models.generate import greedy
 from dirjax.models.weights import read_safetensors
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -160,7 +161,7 @@ def test_unsupported_rope_scaling_is_refused():
 def test_greedy_matches_step_by_step_argmax(tied):
     model, tokenizer = tied
     prompt = tokenizer("The quick brown")["input_ids"]
-    new = llama.greedy(model, prompt, 6)
+    new = greedy(model, prompt, 6)
     assert len(new) == 6
     # teacher forcing on the final sequence predicts the same tokens at every step
     logits = forward(model, np.array([prompt + new]))[0]
@@ -187,7 +188,7 @@ def test_smollm2_continues_with_paris(smollm2, smol_golden):
         49152, 576, 30, 9, 3)
     assert model.tied and model.embedding.table().shape == (49152, 576)
     ids = tokenizer("The capital of France is")["input_ids"]
-    new = llama.greedy(model, ids, len(smol_golden["france_continuation"]))
+    new = greedy(model, ids, len(smol_golden["france_continuation"]))
     assert tokenizer.decode(new).startswith(" Paris")
     assert new == list(smol_golden["france_continuation"])  # transformers' greedy, token for token
 

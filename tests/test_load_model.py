@@ -13,7 +13,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 import dirjax.models
-from dirjax.errors import MissingPackageError, UnknownSourceError, WeightsError
+from dirjax.errors import ConfigError, MissingPackageError, UnknownSourceError, WeightsError
 from dirjax.models import load_model
 from dirjax.models.gpt2 import GPT2
 
@@ -168,3 +168,46 @@ def test_hub_unreachable(monkeypatch):
     with pytest.raises(UnknownSourceError) as err:
         load_model("gpt2")
     assert "cannot download 'gpt2'" in one_line(err)
+
+
+BAD_DTYPES = ["evil", 123, "int8", jnp.int32, "float64"]
+
+
+@pytest.mark.parametrize("dtype", BAD_DTYPES)
+def test_bad_dtype_is_refused_before_anything_is_read(dtype):
+    """ConfigError, not the UnknownSourceError the source would give: refused first."""
+    for load in (load_model, dirjax.load_model):
+        with pytest.raises(ConfigError) as err:
+            load("./no/such/dir", dtype=dtype)
+        assert one_line(err).startswith("dtype must be one of float32, bfloat16, float16")
+        assert repr(dtype) in str(err.value)
+
+
+def test_bad_dtype_for_a_saved_model_loads_no_model(tmp_path, monkeypatch):
+    from dirjax import save_model, swap_embedding
+    from dirjax.compress import compress
+
+    model, _ = load_model(FIXTURES / "tiny-gpt2")
+    emb = compress(np.asarray(model.embedding.table(), np.float32), rate=4, method="quant")
+    saved = save_model(swap_embedding(model, emb, "tied"), tmp_path / "m")
+    loads = []
+    monkeypatch.setattr(dirjax.models, "load_model", lambda *a, **k: loads.append(a))
+    with pytest.raises(ConfigError, match="got 'evil'"):
+        dirjax.load_model(saved, dtype="evil")
+    assert loads == []
+
+
+@pytest.mark.parametrize("dtype", ["evil", 123, "int8"])
+def test_bad_dtype_in_a_config_is_one_line(dtype):
+    from dirjax.config import check_config
+
+    with pytest.raises(ConfigError) as err:
+        check_config({"dtype": dtype, "model": str(FIXTURES / "tiny-llama")})
+    assert one_line(err).startswith("config.dtype must be one of") and repr(dtype) in str(err.value)
+
+
+def test_good_dtypes_by_name_or_type_are_the_same():
+    from dirjax.models import dtype_name
+
+    assert [dtype_name(d) for d in (None, "float32", jnp.bfloat16, np.float16, "bfloat16")] == [
+        None, "float32", "bfloat16", "float16", "bfloat16"]

@@ -35,6 +35,11 @@ def run(parameters: str, tmp_path: Path, monkeypatch, timeout: int):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     for cell in nb.cells:   # committed stripped: no outputs, no execution counts
         assert not cell.get("outputs") and not cell.get("execution_count"), cell.source[:60]
+        if cell.cell_type == "markdown":   # prose, not a template: no {RATE}
+            assert not re.search(r"\{[A-Za-z_]+\}", cell.source), cell.source[:60]
+    install = next(c for c in nb.cells if c.cell_type == "code")
+    # Colab installs from one variable the user sets; a checkout is used instead of it
+    assert re.search(r'^DIRJAX_SOURCE = "', install.source, re.M), install.source[:200]
     cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(cells) == 1
     defaults = cells[0].source
@@ -73,12 +78,14 @@ def parse(table: str) -> list[dict]:
 def check(nb, out_dir: Path) -> tuple[str, list[str]]:
     text = text_of(nb)
     table = [line for line in text.splitlines() if line.startswith("|")]
-    assert table[0].startswith("| method | output | rate |"), table[:1]
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    assert head == ["method", "output", "rate asked", "reached", "ppl", "ppl ratio"], head
     body = table[2:]
     assert [line.split("|")[1].strip() for line in body] == [
-        "original", "svd", "svd", "ae", "ae", "quant_gptq", "quant_gptq"]
+        "uncompressed", "svd", "svd", "ae", "ae", "quant_gptq", "quant_gptq"]
+    assert [line.split("|")[2].strip() for line in body][1:3] == ["tied", "input only"]
     continuations = [line for line in text.splitlines() if " -> " in line]
-    assert len(continuations) == 2 and continuations[0].strip().startswith("original:")
+    assert len(continuations) == 2 and continuations[0].strip().startswith("uncompressed:")
     assert "reloaded logits identical: True" in text
     assert images(nb) == 1 and (out_dir / "perplexity.png").is_file()
     assert (out_dir / "quant_gptq-tied" / "dirjax_model.json").is_file()
@@ -91,8 +98,9 @@ def test_quickstart_runs_on_the_tiny_llama(tmp_path, monkeypatch):
              f'EPOCHS = 2\nCALIB_HIDDEN = 128\nMAX_LENGTH = 64\nNEW_TOKENS = 6\n'
              f'PROMPT = "The class"\nOUT_DIR = {str(out)!r}\n', tmp_path, monkeypatch, 300)
     table, continuations = check(nb, out)
-    ppl = [float(r["value"].replace(",", "")) for r in parse(table)]
-    assert all(p > 1 for p in ppl)
+    rows = parse(table)
+    ppl = [float(r["ppl"].replace(",", "")) for r in rows]
+    assert all(p > 1 for p in ppl) and rows[0]["ppl ratio"] == "1.00x"
 
 
 @pytest.mark.slow
@@ -102,9 +110,9 @@ def test_quickstart_on_smollm2(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     nb = run(f"OUT_DIR = {str(out)!r}\n", tmp_path, monkeypatch, 3000)
     table, continuations = check(nb, out)
-    ppl = {(r["method"], r["output"]): float(r["value"].replace(",", "")) for r in parse(table)}
+    ppl = {(r["method"], r["output"]): float(r["ppl"].replace(",", "")) for r in parse(table)}
     # the quantiser keeps the model at rate 10, low rank does not (README)
-    assert ppl[("quant_gptq", "tied")] < 1.3 * ppl[("original", "-")]
-    assert ppl[("svd", "tied")] > 10 * ppl[("original", "-")]
+    assert ppl[("quant_gptq", "tied")] < 1.3 * ppl[("uncompressed", "-")]
+    assert ppl[("svd", "tied")] > 10 * ppl[("uncompressed", "-")]
     with capsys.disabled():
         print("\n" + table + "\n" + "\n".join(continuations))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from dirjax.compress import codec as C
 from dirjax.compress import quantize as Q
 from dirjax.embedding import compression_rate
 from dirjax.errors import ConfigError, DataError
@@ -34,7 +35,8 @@ def rel_err(emb, table):
 
 
 @pytest.mark.parametrize("rate", [2, 5, 10])
-@pytest.mark.parametrize("opts", [dict(), dict(allocation="frequency", counts=zipf_counts()), dict(group=16, rotate=False)])
+@pytest.mark.parametrize("opts", [dict(), dict(allocation="frequency", counts=zipf_counts()),
+                                  dict(group=16, rotate=False)])
 def test_rate_is_met_in_bytes(rate, opts):
     emb = Q.quantize(flat_table(), rate=rate, **opts)
     assert compression_rate(emb) >= rate
@@ -67,7 +69,8 @@ def test_deterministic_per_seed():
 @pytest.mark.parametrize("method", ["quant", "quant_freq", "quant_gptq"])
 def test_beats_svd_at_equal_bytes_on_flat_spectrum(rate, method):
     t = flat_table()
-    calib = dict(allocation="frequency", counts=zipf_counts(), hidden=np.random.default_rng(4).standard_normal((300, D)))
+    calib = dict(allocation="frequency", counts=zipf_counts(),
+                 hidden=np.random.default_rng(4).standard_normal((300, D)))
     fn = {"quant": lambda: Q.quant_method(t, rate=rate),
           "quant_freq": lambda: Q.quant_freq_method(t, rate=rate, counts=calib["counts"]),
           "quant_gptq": lambda: Q.quant_gptq_method(t, rate=rate, **calib)}[method]
@@ -132,7 +135,8 @@ def test_constant_rows_are_exact():
     t = flat_table()
     t[:3] = 0.0                          # unused tokens often have all-zero rows
     t[3] = 0.25
-    emb = Q.quantize(t, rate=10, rotate=False, center=False, allocation="frequency", counts=zipf_counts())
+    emb = Q.quantize(t, rate=10, rotate=False, center=False, allocation="frequency",
+                     counts=zipf_counts())
     assert np.all(np.isfinite(np.asarray(emb.table())))
     np.testing.assert_allclose(np.asarray(emb.table())[:4], t[:4], atol=1e-6)
 
@@ -161,11 +165,16 @@ def test_registered_methods():
         Q.quant_freq_method(t, rate=10, counts=np.ones(V - 1))
     with pytest.raises(ConfigError, match="calibration"):
         Q.quant_method(t, rate=10, calibration={"dataset": "x"})   # unresolved option: loud
+    with pytest.raises(ConfigError, match="quant option floor must be a number >= 0"):
+        Q.quant_method(t, rate=10, floor=-1.0)
+    with pytest.raises(ConfigError, match="quant_gptq option head_weight must be"):
+        Q.quant_gptq_method(t, rate=10, head_weight=True)
 
 
 def test_quant_gptq_method_needs_hidden_and_lowers_logit_error():
     t, counts = flat_table(), zipf_counts()
-    h = np.random.default_rng(3).standard_normal((1000, D)) * np.r_[np.full(4, 10.0), np.ones(D - 4)]
+    h = (np.random.default_rng(3).standard_normal((1000, D))
+         * np.r_[np.full(4, 10.0), np.ones(D - 4)])
     with pytest.raises(ConfigError):
         Q.quant_gptq_method(t, rate=10, counts=counts)
     with pytest.raises(DataError):
@@ -199,3 +208,18 @@ def test_rows_in_slices_give_the_whole_table_result(monkeypatch, method, group):
         np.testing.assert_array_equal(np.asarray(getattr(sliced, name)[...]),
                                       np.asarray(getattr(whole, name)[...]), err_msg=name)
     assert len(np.unique(np.asarray(whole.bits[...]))) > 1   # mixed widths were allocated
+
+
+def test_one_lagrangian_allocation_spends_the_budget():
+    """codec.allocate (bit widths here, vq's tiers too): within the budget, near it, the
+    weighted error falls as the budget grows; None when the cheapest option cannot fit."""
+    rng = np.random.default_rng(0)
+    err = rng.gamma(1.0, 1.0, (300, 1)) * 4.0 ** -np.arange(1, 9)        # [V, 8 widths]
+    cost = (D * np.arange(1, 9) + 7) // 8
+    spent = []
+    for budget in (300 * 10, 300 * 30, 300 * 50):
+        k = C.allocate(err, cost, budget)
+        assert cost[k].sum() <= budget and cost[k].sum() > budget - cost.max()
+        spent.append(err[np.arange(300), k].sum())
+    assert spent[0] > spent[1] > spent[2]
+    assert C.allocate(err, cost, 300 * cost.min() - 1) is None

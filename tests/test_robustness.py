@@ -99,7 +99,8 @@ def test_a_failed_rerun_keeps_every_finished_row(tmp_path, monkeypatch):
 
     # a compression that fails half-way through a longer sweep
     from dirjax import compress as C
-    broken = C.Method(lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")), low_rank=True)
+    broken = C.Method(lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")), low_rank=True,
+                      module=C.CompressedEmbedding)
     monkeypatch.setitem(C.METHODS, "ae", broken)
     with pytest.raises(RuntimeError, match="boom"):
         run_experiment(tiny(methods=("svd", "quant", "ae")), work)

@@ -16,6 +16,7 @@ from flax import nnx
 
 import dirjax
 from dirjax import load_model, save_model, swap_embedding
+from dirjax.compress import codec as C
 from dirjax.compress import compress, load_compressed
 from dirjax.compress import quantize as Q
 from dirjax.compress.store import arrays_bytes
@@ -42,7 +43,8 @@ def logits(model, batch) -> np.ndarray:
 def tiny():
     model, tok = load_model(TINY)
     enc = tok(TEXTS, padding=True, return_tensors="np")
-    batch = (jnp.asarray(enc["input_ids"], jnp.int32), jnp.asarray(enc["attention_mask"], jnp.int32))
+    batch = (jnp.asarray(enc["input_ids"], jnp.int32),
+             jnp.asarray(enc["attention_mask"], jnp.int32))
     return model, tok, batch
 
 
@@ -118,7 +120,7 @@ def test_pack_rows_round_trip(v, d):
     buf = Q.pack_rows(codes, bits)
     assert buf.size == int(np.sum((d * bits.astype(int) + 7) // 8))
     np.testing.assert_array_equal(Q.unpack_rows(buf, bits, d), codes)
-    np.testing.assert_array_equal(Q.unpack_nibbles(Q.pack_nibbles(bits), v), bits)
+    np.testing.assert_array_equal(C.unpack_codes(C.pack_codes(bits, 4), 4, (v,)), bits)
     uniform = np.full(v, 3, np.uint8)
     assert Q.pack_rows(codes % 8, uniform).size == v * ((3 * d + 7) // 8)
     with pytest.raises(WeightsError, match="packed codes"):
@@ -141,7 +143,8 @@ def test_the_first_unpacked_format_is_still_read(embeddings, tmp_path):
     import orbax.checkpoint as ocp
     emb = embeddings["quant"]
     old = tmp_path / "old"
-    arrays = {n: np.asarray(getattr(emb, n)[...]) for n in ("codes", "bits", "scale", "offset", "mean")}
+    arrays = {n: np.asarray(getattr(emb, n)[...])
+              for n in ("codes", "bits", "scale", "offset", "mean")}
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save((old / "arrays").absolute(), arrays)
         ckpt.wait_until_finished()
@@ -160,7 +163,8 @@ def test_other_families_and_dtypes_round_trip(embeddings, tmp_path):
     for i, (source, dtype) in enumerate(cases):
         model, tok = load_model(source, dtype=dtype)
         enc = tok(TEXTS, padding=True, return_tensors="np")
-        batch = (jnp.asarray(enc["input_ids"], jnp.int32), jnp.asarray(enc["attention_mask"], jnp.int32))
+        batch = (jnp.asarray(enc["input_ids"], jnp.int32),
+                 jnp.asarray(enc["attention_mask"], jnp.int32))
         emb = compress(np.asarray(model.embedding.table(), np.float32), rate=6, method="quant")
         small = swap_embedding(model, emb, "original")
         back, _ = load_model(save_model(small, tmp_path / f"m{i}"))
@@ -174,7 +178,8 @@ def test_a_model_without_origin_needs_source(tiny, embeddings, tmp_path):
     model, _, batch = tiny
     from dirjax.models import llama
     from dirjax.models.weights import read_safetensors
-    bare = llama.from_state(llama.LlamaConfig.from_hf(json.loads((TINY / "config.json").read_text())),
+    config = json.loads((TINY / "config.json").read_text())
+    bare = llama.from_state(llama.LlamaConfig.from_hf(config),
                             read_safetensors(TINY))
     small = swap_embedding(bare, embeddings["svd"], "tied")
     with pytest.raises(ConfigError, match="pass source="):
@@ -196,8 +201,9 @@ def test_writes_are_atomic_and_never_replace_a_foreign_folder(tiny, embeddings, 
     def broken(*a, **k):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(store, "save_compressed", broken)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(dirjax.DirjaxError, match="cannot write .*: No space left") as err:
         save_model(swap_embedding(model, embeddings["quant"]), tmp_path / "m")
+    one_line(err)
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
     assert json.loads((first / MODEL_FILE).read_text())["method"] == "svd"
@@ -223,10 +229,20 @@ def test_a_damaged_folder_is_a_one_line_error(tiny, embeddings, tmp_path):
     model, _, _ = tiny
     good = save_model(swap_embedding(model, embeddings["quant"]), tmp_path / "good")
 
-    def damaged(name, harm):
+    def damaged(name, harm, digests_agree=False):
+        """The message for a copy of `good` harmed; `digests_agree`: the digests made to match
+        the harm (a folder of format /1 has none), so the next check meets it."""
         folder = tmp_path / name
         shutil.copytree(good, folder)
         harm(folder)
+        if digests_agree:
+            from dirjax.saved import _files_digest
+            meta = json.loads((folder / EMBEDDING_DIR / "meta.json").read_text())
+            meta.pop("arrays_digest")
+            (folder / EMBEDDING_DIR / "meta.json").write_text(json.dumps(meta))
+            info = json.loads((folder / MODEL_FILE).read_text())
+            info["embedding_digest"] = _files_digest(folder / EMBEDDING_DIR)
+            (folder / MODEL_FILE).write_text(json.dumps(info))
         with pytest.raises(WeightsError) as info:
             load_model(folder)
         return one_line(info)
@@ -235,15 +251,23 @@ def test_a_damaged_folder_is_a_one_line_error(tiny, embeddings, tmp_path):
     assert "format" in damaged("format", lambda f: (f / MODEL_FILE).write_text('{"format": "x"}'))
     assert "no meta.json" in damaged("no-emb", lambda f: shutil.rmtree(f / EMBEDDING_DIR))
     arrays = "embedding/arrays/embedding.safetensors"
-    assert "cannot read" in damaged("cut", lambda f: (f / arrays).write_bytes(
-        (f / arrays).read_bytes()[:1000]))
-    assert "cannot read" in damaged("zeros", lambda f: (f / arrays).write_bytes(b"\0" * 7))
+
+    def cut(f):
+        (f / arrays).write_bytes((f / arrays).read_bytes()[:1000])
+
+    def zeros(f):
+        (f / arrays).write_bytes(b"\0" * 7)
 
     def other_widths(f):   # meta.json and the arrays disagree
         meta = json.loads((f / EMBEDDING_DIR / "meta.json").read_text())
         meta["features"] = 32
         (f / EMBEDDING_DIR / "meta.json").write_text(json.dumps(meta))
-    assert "packed codes" in damaged("mismatch", other_widths)
+    for name, harm in (("cut", cut), ("zeros", zeros), ("mismatch", other_widths)):
+        assert "embedding/ is damaged or changed" in damaged(name, harm)
+    assert "cannot read" in damaged("cut2", cut, digests_agree=True)
+    assert "cannot read" in damaged("zeros2", zeros, digests_agree=True)
+    assert "array mean is [64], meta.json's sizes give [32]" in damaged(
+        "mismatch2", other_widths, digests_agree=True)
 
     def other_source(f):   # the source now gives other weights
         info = json.loads((f / MODEL_FILE).read_text())

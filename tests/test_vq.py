@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from dirjax.compress import codec as C
 from dirjax.compress import quantize as Q
 from dirjax.compress import vq as VQ
 from dirjax.embedding import compression_rate
-from dirjax.errors import ConfigError, DataError
+from dirjax.errors import ConfigError, DataError, WeightsError
 
 V, D = 2048, 64
 TIERS = ((16, 6), (8, 6), (4, 6), (2, 6))   # 0.375, 0.75, 1.5, 3 bits per entry; small codebooks
@@ -61,8 +62,8 @@ def test_frequent_rows_get_finer_tiers():
 def test_deterministic_per_seed():
     a, b, c = make(seed=3), make(seed=3), make(seed=4)
     for t in range(len(TIERS)):
-        np.testing.assert_array_equal(np.asarray(getattr(a, f"codes_{t}")[...]),
-                                      np.asarray(getattr(b, f"codes_{t}")[...]))
+        np.testing.assert_array_equal(np.asarray(a.tier_codes[t].codes[...]),
+                                      np.asarray(b.tier_codes[t].codes[...]))
     np.testing.assert_array_equal(np.asarray(a.table()), np.asarray(b.table()))
     assert not np.array_equal(np.asarray(a.table()), np.asarray(c.table()))
 
@@ -70,14 +71,14 @@ def test_deterministic_per_seed():
 def test_decode_is_the_stored_codes():
     emb = make(16, center=True)
     t = np.asarray(emb.tier[...])
-    rot = VQ.random_rotation(D, emb.seed)
+    rot = C.random_rotation(D, emb.seed)
     gain = np.asarray(emb.gain[...])
     tab = np.asarray(emb.table())
     for k, (g, b) in enumerate(TIERS):
         rows = np.flatnonzero(t == k)
-        codes = np.asarray(getattr(emb, f"codes_{k}")[...])
+        codes = np.asarray(emb.tier_codes[k].codes[...])
         assert codes.shape == (len(rows), D // g) and codes.min() >= 0 and codes.max() < 2 ** b
-        book = np.asarray(getattr(emb, f"book_{k}")[...], np.float32)
+        book = np.asarray(emb.tier_codes[k].book[...], np.float32)
         by_hand = ((gain[rows, None] * book[codes].reshape(len(rows), D)) @ rot.T
                    + np.asarray(emb.mean[...]))
         np.testing.assert_allclose(tab[rows], by_hand, rtol=1e-4, atol=1e-4)
@@ -86,9 +87,11 @@ def test_decode_is_the_stored_codes():
 @pytest.mark.parametrize("bits", [1, 3, 6, 8, 12])
 def test_pack_unpack(bits):
     c = np.random.default_rng(bits).integers(0, 2 ** bits, (37, 5))
-    p = VQ.pack_codes(c, bits)
+    p = C.pack_codes(c, bits)
     assert p.dtype == np.uint8 and p.size == -(-c.size * bits // 8)
-    np.testing.assert_array_equal(VQ.unpack_codes(p, bits, c.shape), c)
+    np.testing.assert_array_equal(C.unpack_codes(p, bits, c.shape), c)
+    with pytest.raises(WeightsError, match="packed codes"):
+        C.unpack_codes(p[:-1], bits, c.shape)
 
 
 @pytest.mark.parametrize("norm", ["log8", "fp16", "none"])
@@ -154,6 +157,9 @@ def test_bad_inputs_raise_clear_errors():
         VQ.vq_method(t, rank=4)
     with pytest.raises(ConfigError, match="unknown option"):
         VQ.vq_method(t, rate=16, group=8)
+    for bad in (dict(tiers=((-8, 2),)), dict(tiers=5), dict(norm="bogus"), dict(iters=-1)):
+        with pytest.raises(ConfigError, match=f"vq option {next(iter(bad))} must be"):
+            VQ.vq_method(t, rate=16, **bad)
     with pytest.raises(DataError):
         VQ.vq_method(t, rate=16, counts=np.ones(V - 1))
     with pytest.raises(Q.QuantizeError):
@@ -171,8 +177,8 @@ def test_refinement_lowers_the_head_kl_with_codes_fixed():
     base = make(16, hidden=h, refine_steps=0)
     ref = make(16, hidden=h, refine_steps=30, refine_lr=1e-2)
     for k in range(len(TIERS)):                      # the codes are the same
-        np.testing.assert_array_equal(np.asarray(getattr(base, f"codes_{k}")[...]),
-                                      np.asarray(getattr(ref, f"codes_{k}")[...]))
+        np.testing.assert_array_equal(np.asarray(base.tier_codes[k].codes[...]),
+                                      np.asarray(ref.tier_codes[k].codes[...]))
     assert ref.storage_bytes() == base.storage_bytes()
     assert kl(ref) < 0.8 * kl(base), (kl(ref), kl(base))
 

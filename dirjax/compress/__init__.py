@@ -1,24 +1,17 @@
 """Compress a token-embedding table `[V, d]`: `compress(table, rate=10, method="ae")`.
 
-This package file only registers methods and dispatches to them; each method lives beside
-its own code (svd.py, train.py, quantize.py). `METHODS` maps a name to a `Method`:
-
-    fn(table, *, rate, rank, **options) -> embedding module   (exactly one of rate / rank)
-    low_rank    its rate is a rank (V*k + k*d + d numbers): checked before any work
-    check       options -> None, raising ConfigError on an unknown or bad option, so a
-                config is judged before a model is loaded
-    needs       calibration arrays it takes ("counts" [V], "hidden" [N, d]; see calib.py)
+This package file only dispatches to the registered methods (`METHODS`, registry.py: a
+name -> its function, option check, calibration needs and embedding class); each method lives
+beside its own code (svd.py, train.py, quantize.py, vq.py).
 
 The function returns an embedding module (`dirjax.embedding`) with `storage_bytes()`;
 `compress` measures its reconstruction and stores the figures in its `.metrics` dict.
-Another method is one `register_method("name", fn, ...)` away.
+Another method is one `register_method("name", fn, module=MyEmbedding, ...)` away: then the
+cache, `save_compressed` / `load_compressed` and `save_model` / `load_model` know it too.
 """
 from __future__ import annotations
 
-import importlib
 import math
-from dataclasses import dataclass
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,58 +20,11 @@ import numpy as np
 from dirjax.compress.lowrank import CompressedEmbedding
 from dirjax.compress.metrics import reconstruction_metrics
 from dirjax.compress.rate import check_rate, rank_for_rate, rate_for_rank, resolve_rank
+from dirjax.compress.registry import (METHODS, Method, check_options, check_savable,
+                                      embedding_class, get_method, register_method)
+from dirjax.compress.store import load_compressed, save_compressed
 from dirjax.embedding import Described
 from dirjax.errors import ConfigError, DataError
-
-
-@dataclass(frozen=True)
-class Method:
-    fn: Callable
-    low_rank: bool = False
-    check: Callable | None = None
-    needs: tuple[str, ...] = ()
-
-
-def _lazy(module: str, name: str) -> Callable:
-    """`dirjax.compress.<module>.<name>`, imported on first call (keeps `import dirjax` light)."""
-    def call(*args, **kw):
-        return getattr(importlib.import_module(f"dirjax.compress.{module}"), name)(*args, **kw)
-    call.__name__ = name
-    return call
-
-
-METHODS: dict[str, Method] = {
-    "svd": Method(_lazy("svd", "svd_method"), low_rank=True, check=_lazy("svd", "check_options")),
-    "ae": Method(_lazy("train", "ae_method"), low_rank=True, check=_lazy("train", "check_options")),
-    # the quantisers: rate in packed bytes, no rank
-    "quant": Method(_lazy("quantize", "quant_method"), check=_lazy("quantize", "check_quant")),
-    "quant_freq": Method(_lazy("quantize", "quant_freq_method"),
-                         check=_lazy("quantize", "check_quant_freq"), needs=("counts",)),
-    "quant_gptq": Method(_lazy("quantize", "quant_gptq_method"),
-                         check=_lazy("quantize", "check_quant_gptq"), needs=("counts", "hidden")),
-    # tiered vector codes, norm apart, LDLQ + codebook refinement on calibration (vq.py)
-    "vq": Method(_lazy("vq", "vq_method"), check=_lazy("vq", "check_options"),
-                 needs=("counts", "hidden")),
-}
-
-
-def register_method(name: str, fn: Callable, *, low_rank: bool = False,
-                    check: Callable | None = None, needs: tuple[str, ...] = ()) -> None:
-    """Make `compress(..., method=name)` call `fn(table, rate=..., rank=..., **options)`."""
-    METHODS[name] = Method(fn, low_rank, check, tuple(needs))
-
-
-def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
-
-
-def check_options(name: str, options: dict) -> None:
-    """ConfigError for an unknown method, or an unknown / bad option of a known one."""
-    method = get_method(name)
-    if method.check is not None:
-        method.check(dict(options))
 
 
 def check_table(table) -> None:
@@ -140,14 +86,7 @@ def compress(table, *, rate=None, rank=None, method: str = "ae", metrics: bool =
     return emb
 
 
-__all__ = ["CompressedEmbedding", "METHODS", "Method", "check_options", "check_table",
-           "compress", "get_method", "rank_for_rate", "rate_for_rank", "reconstruction_metrics",
-           "register_method"]
-# save_compressed / load_compressed import orbax: re-exported lazily below.
-
-
-def __getattr__(name):
-    if name in ("save_compressed", "load_compressed"):
-        from dirjax.compress import store
-        return getattr(store, name)
-    raise AttributeError(name)
+__all__ = ["CompressedEmbedding", "METHODS", "Method", "check_options", "check_savable",
+           "check_table", "compress", "embedding_class", "get_method", "load_compressed",
+           "rank_for_rate", "rate_for_rank", "reconstruction_metrics", "register_method",
+           "save_compressed"]

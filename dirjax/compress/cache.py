@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dirjax.compress import store
 from dirjax.errors import DirjaxError, WeightsError
 
 
@@ -43,15 +44,18 @@ def digest(*parts) -> str:
     return h.hexdigest()
 
 
-def model_fingerprint(model) -> str:
-    """Digest of every array of `model` (parameters and buffers), in graph order."""
+def model_fingerprint(model, skip: tuple[str, ...] = ()) -> str:
+    """Digest of every array of `model` (parameters and buffers), in graph order, but those
+    under the top-level attributes `skip` (dirjax.saved skips "embedding": the rest is what a
+    saved model's source must give back)."""
     from flax import nnx
     _, state = nnx.split(model)
-    leaves = [(".".join(map(str, path)), leaf) for path, leaf in nnx.to_flat_state(state)]
     h = hashlib.blake2b(digest_size=20)
-    for name, leaf in leaves:
+    for path, leaf in nnx.to_flat_state(state):
+        if path[0] in skip:
+            continue
         value = leaf.get_value() if hasattr(leaf, "get_value") else leaf
-        h.update(name.encode())
+        h.update(".".join(map(str, path)).encode())
         h.update(digest(value).encode() if hasattr(value, "shape") else repr(value).encode())
     return h.hexdigest()
 
@@ -87,12 +91,11 @@ class CompressionCache:
     def get_or_make(self, method: str, rate: float, key: str, make, meta: dict):
         """(embedding, compress seconds, reused?). `make(train_dir)` computes the embedding
         when no readable saved one has this key; it is saved with `meta` before returning."""
-        from dirjax.compress.store import load_compressed, save_compressed
         directory = self.path(method, rate, key)
         train_dir = directory.with_name(directory.name + ".train")
         if (directory / "meta.json").exists():
             try:
-                emb = load_compressed(directory)
+                emb = store.load_compressed(directory)
                 if emb.meta.get("cache_key") == key:
                     # a kill between the save and this cleanup left the AE's checkpoints
                     shutil.rmtree(train_dir, ignore_errors=True)
@@ -110,7 +113,9 @@ class CompressionCache:
         seconds = time.perf_counter() - start
         emb.meta = {**emb.meta, "cache_key": key, "compress_seconds": seconds}
         try:
-            save_compressed(emb, directory, meta)
+            store.save_compressed(emb, directory, meta)
+        except DirjaxError:   # a module that is not its method's registered class: as it is
+            raise
         except OSError as e:
             raise DirjaxError(f"cannot save the compression to {directory}: "
                               f"{e.strerror or e}") from None

@@ -1,10 +1,9 @@
 """The compressed low-rank embedding that SVD and the direction AutoEncoder both produce."""
 from __future__ import annotations
 
-import jax
 import numpy as np
 
-from dirjax.embedding import Described, LowRankEmbedding, compression_rate
+from dirjax.embedding import Described, LowRankEmbedding
 
 
 class CompressedEmbedding(LowRankEmbedding, Described):
@@ -26,12 +25,3 @@ class CompressedEmbedding(LowRankEmbedding, Described):
     @classmethod
     def restore(cls, arrays: dict, static: dict, **described) -> "CompressedEmbedding":
         return cls(arrays["codes"], arrays["weight"], arrays["bias"], **described)
-
-    @property
-    def rate(self) -> float:
-        """V*d / (V*k + k*d + d): the fp32 table's size over what is stored."""
-        return compression_rate(self)
-
-    def reconstruct(self) -> jax.Array:
-        """`[V, d]`."""
-        return self.table()

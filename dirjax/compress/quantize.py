@@ -6,7 +6,8 @@ group with an fp16 scale and offset (asymmetric uniform levels):
     y[v, j] = code[v, j] * scale[v, j // group] + offset[v, j // group]
     table   = y @ R^T + mean                   (R: random orthogonal from `seed`, optional)
 
-Options, each measured in `bench/quality_explore.py`:
+The frame (centre, rotate), the Lagrangian allocation and the packing are shared with the
+vector codes (codec.py). Options, each measured in `bench/quality_explore.py`:
   rotate   a random orthogonal rotation of the d axis before quantising (QuIP / QuaRot): it
            spreads rare large entries over the whole row (heavy tails -> near Gaussian), so
            they no longer set the row's range; regenerated from the seed, so it costs 8 bytes
@@ -23,15 +24,21 @@ Options, each measured in `bench/quality_explore.py`:
 
 Bytes, as stored packed: ceil(d * bits[v] / 8) per row for the codes, 4 per group (fp16 scale
 and offset), V/2 for the per-row bit widths when they vary (4 bits each), 4*d for the mean when
-centred, 8 for the rotation seed when rotated: exactly what `export()` saves (`pack_rows`).
-In memory the codes are unpacked uint8 `[V, d]`.
+centred, 8 for the rotation seed when rotated: exactly what `export()` saves
+(`codec.pack_rows`).
+In memory the codes are unpacked uint8 `[V, d]`, one byte a code whatever its width: the tied
+head (`attend`, `attend_chunk`) reads them a block of rows at a time, each block converted to
+floats in cache and dotted at once, the scales and offsets folded out of the dot, so a decode
+step reads V*d bytes of codes and never writes a `[V, d]` float table. Two 4-bit codes a byte
+(half the bytes) measured slower: unpacking them in XLA costs more than the bytes it saves
+(docs/speed.md, "Decoding from codes").
 rate = V * d * 4 / storage_bytes().
 
 Registered methods (dirjax.compress.METHODS): quant (rotate + center + clip, allocation
 "error"), quant_freq (allocation "frequency"), quant_gptq (quant_freq + GPTQ on calibration
-hidden states, head_weight 0.5). Other combinations: bench/quality_explore.py. SmolLM2-135M at rate 10,
-4k tokens of WikiText-2 test, input + tied head replaced (original 30.64): plain int3 RTN
-141, + rotation and mean 46.6, + widths by error 40.8, + by frequency 34.3, + GPTQ 32.2;
+hidden states, head_weight 0.5). Other combinations: bench/quality_explore.py. SmolLM2-135M
+at rate 10, 4k tokens of WikiText-2 test, input + tied head replaced (original 30.64): plain
+int3 RTN 141, + rotation and mean 46.6, + widths by error 40.8, + by frequency 34.3, + GPTQ 32.2;
 truncated SVD 36,406. On 16k tokens (original 28.82): quant_gptq 30.02, quant_freq 31.80.
 """
 from __future__ import annotations
@@ -41,31 +48,24 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dirjax.compress.codec import (BOOL, QuantizeError, allocate, centre_and_rotate, check_counts,
+                                   check_hidden, check_table, check_values, choice, chunk_start,
+                                   head_frame, head_hessian, integer, inverse_cholesky,
+                                   logits_by_blocks, number, optional, pack_codes, pack_rows,
+                                   packed_bytes, random_rotation, unpack_codes, unpack_rows,
+                                   unrotate)
 from dirjax.embedding import Described
-from dirjax.errors import ConfigError, DataError
+from dirjax.errors import ConfigError
 
 MAX_BITS = 8
 CLIP_GRID = np.linspace(1.0, 0.5, 6)    # range shrink factors tried per group when clip=True
 QUANT_ROWS = 512                         # rows (groups) rounded at a time: cache-sized temporaries
 
 
-class QuantizeError(ConfigError):
-    """A rate the quantiser cannot meet (fewer than 1 bit per weight left)."""
-
-
 # ----------------------------------------------------------------------------- the module
-def unrotate(y, rotation, mean):
-    """Rows `[..., d]` in the rotated, centred space back to table rows: y R^T + mean
-    (shared by the scalar and the vector quantisers)."""
-    if rotation is not None:
-        y = y @ rotation[...].T
-    if mean is not None:
-        y = y + mean[...]
-    return y
-
-
 class QuantizedEmbedding(nnx.Module, Described):
-    """Codes uint8 `[V, d]`, bits uint8 `[V]`, scale/offset fp16 `[V, G]`, mean `[d]`, R `[d, d]`."""
+    """Codes uint8 `[V, d]`, bits uint8 `[V]`, scale/offset fp16 `[V, G]`, mean `[d]`,
+    R `[d, d]`."""
 
     def __init__(self, codes, bits, scale, offset, group, mean=None, rotation=None, seed=0, *,
                  method: str = "quant", metrics: dict | None = None, meta: dict | None = None):
@@ -78,20 +78,21 @@ class QuantizedEmbedding(nnx.Module, Described):
         self.offset = nnx.Variable(jnp.asarray(offset, jnp.float16))
         self.group = int(group)
         self.mean = None if mean is None else nnx.Variable(jnp.asarray(mean, jnp.float32))
-        self.rotation = None if rotation is None else nnx.Variable(jnp.asarray(rotation, jnp.float32))
+        self.rotation = (None if rotation is None
+                         else nnx.Variable(jnp.asarray(rotation, jnp.float32)))
         self.seed = int(seed)
 
     def export(self) -> tuple[dict, dict]:
         """(arrays, static fields) for `store.save_compressed`, in the packed form that
         `storage_bytes` counts: each row's codes bit-packed at its own width
-        (`pack_rows`), the widths as 4-bit nibbles (none when every row has the same width:
+        (`pack_rows`), the widths as 4-bit fields (none when every row has the same width:
         that one width is a static field), fp16 scale/offset, the mean row. The rotation is
         saved as the seed it is drawn from and drawn again on restore."""
         codes, bits = np.asarray(self.codes[...]), np.asarray(self.bits[...])
         arrays = {"packed_codes": pack_rows(codes, bits)}
         uniform = bool(np.all(bits == bits[0]))
         if not uniform:
-            arrays["widths"] = pack_nibbles(bits)
+            arrays["widths"] = pack_codes(bits, 4)
         arrays["scale"] = np.asarray(self.scale[...])
         arrays["offset"] = np.asarray(self.offset[...])
         if self.mean is not None:
@@ -108,8 +109,8 @@ class QuantizedEmbedding(nnx.Module, Described):
         if static.get("packed"):
             v, d = static["vocab"], static["features"]
             bits = (np.full(v, static["width"], np.uint8) if static.get("width") is not None
-                    else unpack_nibbles(arrays["widths"], v))
-            codes = unpack_rows(arrays["packed_codes"], bits, d)
+                    else unpack_codes(arrays["widths"], 4, (v,)).astype(np.uint8))
+            codes = unpack_rows(arrays["packed_codes"], bits, d, MAX_BITS)
         else:
             codes, bits = arrays["codes"], arrays["bits"]
             d = codes.shape[1]
@@ -125,44 +126,59 @@ class QuantizedEmbedding(nnx.Module, Described):
     def features(self) -> int:
         return self.codes.shape[1]
 
+    def _rows(self, codes, scale, offset, dtype):
+        """Dequantised rows in the rotated, centred frame: codes `[..., d]`, scale/offset
+        `[..., G]` -> `[..., d]` of `dtype`."""
+        lead, g = codes.shape[:-1], self.group
+        y = codes.astype(dtype).reshape(*lead, -1, g)
+        y = y * scale.astype(dtype)[..., None] + offset.astype(dtype)[..., None]
+        return y.reshape(*lead, self.features)
+
     def table(self):
         """The dequantised table `[V, d]` float32."""
-        v, d = self.codes.shape
-        g = self.group
-        y = self.codes[...].astype(jnp.float32).reshape(v, d // g, g)
-        y = y * self.scale[...].astype(jnp.float32)[..., None] + self.offset[...].astype(jnp.float32)[..., None]
-        y = y.reshape(v, d)
+        y = self._rows(self.codes[...], self.scale[...], self.offset[...], jnp.float32)
         return unrotate(y, self.rotation, self.mean)
 
     def __call__(self, ids):
         # Decode only the looked-up rows: [B, T] -> [B, T, d].
-        g, d = self.group, self.features
-        c = jnp.take(self.codes[...], ids, axis=0).astype(jnp.float32)
-        s = jnp.take(self.scale[...], ids, axis=0).astype(jnp.float32)
-        o = jnp.take(self.offset[...], ids, axis=0).astype(jnp.float32)
-        y = (c.reshape(*ids.shape, d // g, g) * s[..., None] + o[..., None]).reshape(*ids.shape, d)
+        def take(x):
+            return jnp.take(x[...], ids, axis=0)
+        y = self._rows(take(self.codes), take(self.scale), take(self.offset), jnp.float32)
         return unrotate(y, self.rotation, self.mean)
 
     def attend(self, h):
-        """Tied-head logits `[..., V]` = h @ table^T (the rotation folds: (h R)(Y)^T)."""
-        return self._attend_rows(h, self.codes[...], self.scale[...], self.offset[...])
+        """Tied-head logits `[..., V]` = h @ table^T, read from the codes (`attend_chunk`)."""
+        return self.attend_chunk(h, 0, self.vocab_size)
 
     def attend_chunk(self, h, start, size: int):
-        """The logits of rows start..start+size-1, dequantising only those rows."""
-        def rows(x):
-            return jax.lax.dynamic_slice_in_dim(x[...], start, size, axis=0)
-        return self._attend_rows(h, rows(self.codes), rows(self.scale), rows(self.offset))
+        """The logits `[..., size]` of rows start..start+size-1 (start may be traced; clamped
+        as `lax.dynamic_slice` clamps it), read from the codes a block of rows at a time
+        (`codec.logits_by_blocks`), never through a `[V, d]` float table.
 
-    def _attend_rows(self, h, codes, scale, offset):
-        v, d = codes.shape
-        g = self.group
-        y = codes.astype(h.dtype).reshape(v, d // g, g)
-        y = (y * scale.astype(h.dtype)[..., None] + offset.astype(h.dtype)[..., None]).reshape(v, d)
-        hr = h if self.rotation is None else h @ self.rotation[...].astype(h.dtype)
-        out = hr @ y.T
-        if self.mean is not None:
-            out = out + (h @ self.mean[...].astype(h.dtype))[..., None]
-        return out
+        The rotation and the mean fold out of the table (h R and h . mean, once per token),
+        and each group's scale and offset out of the dot: with h R cut into groups h_g,
+            logits_v = sum_g scale_vg (codes_vg . h_g) + offset_vg sum(h_g),
+        so a block's codes are only converted to floats (in cache) and dotted; the head
+        reads the uint8 codes and the fp16 scales once per step. In fp32 whatever h's
+        dtype (the bytes read are the codes either way), returned in h's dtype."""
+        hr, base = head_frame(h, self.rotation, self.mean)
+        start = chunk_start(start, size, self.vocab_size)
+        n, groups = hr.shape[0], self.features // self.group
+        hg = hr.reshape(n, groups, self.group)
+        hsum = hg.sum(-1)                                             # [n, G]
+
+        def block(first, count):
+            def rows(x):
+                return jax.lax.dynamic_slice_in_dim(x[...], first, count, axis=0)
+            codes = rows(self.codes).astype(hr.dtype).reshape(count, groups, self.group)
+            dots = jnp.einsum("vgk,ngk->nvg", codes, hg)              # [n, count, G]
+            scale, offset = rows(self.scale).astype(hr.dtype), rows(self.offset).astype(hr.dtype)
+            return jnp.einsum("nvg,vg->nv", dots, scale) + hsum @ offset.T
+
+        out = logits_by_blocks(block, n, hr.dtype, start, size)
+        if base is not None:
+            out = out + base[:, None]
+        return out.reshape(*h.shape[:-1], size).astype(h.dtype)
 
     def num_params(self) -> int:
         """Stored numbers (codes, scales, offsets, mean); the rotation is a seed."""
@@ -176,7 +192,7 @@ class QuantizedEmbedding(nnx.Module, Described):
 
 def storage_bytes(bits: np.ndarray, d: int, group: int, *, mean: bool, rotate: bool) -> int:
     """Bytes as stored packed, for per-row bit widths `bits [V]` (see the module docstring)."""
-    codes = int(np.sum((d * bits.astype(np.int64) + 7) // 8))
+    codes = int(np.sum(packed_bytes(d, bits)))
     mixed = not np.all(bits == bits[0])
     return codes + overhead_bytes(bits.shape[0], d, group, mixed=mixed, mean=mean, rotate=rotate)
 
@@ -188,78 +204,7 @@ def overhead_bytes(v: int, d: int, group: int, *, mixed: bool, mean: bool, rotat
     return params + widths + (4 * d if mean else 0) + (8 if rotate else 0)
 
 
-# ----------------------------------------------------------------------------- packed form
-PACK_ROWS = 8192   # rows bit-packed at a time (bounds the [rows, d, bits] temporary)
-
-
-def row_bytes(bits: np.ndarray, d: int) -> np.ndarray:
-    """Packed bytes of each row: ceil(d * bits[v] / 8) `[V]` int64."""
-    return (d * np.asarray(bits, np.int64) + 7) // 8
-
-
-def pack_rows(codes: np.ndarray, bits: np.ndarray) -> np.ndarray:
-    """codes `[V, d]` uint8 (row v < 2**bits[v]) -> one uint8 buffer of sum(row_bytes) bytes:
-    row after row, each row's d codes as bits[v]-bit little-endian fields, padded to a byte."""
-    v, d = codes.shape
-    sizes = row_bytes(bits, d)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    out = np.zeros(int(sizes.sum()), np.uint8)
-    for b in np.unique(bits):
-        rows = np.flatnonzero(bits == b)
-        shifts = np.arange(int(b), dtype=np.uint8)
-        for i in range(0, len(rows), PACK_ROWS):
-            r = rows[i:i + PACK_ROWS]
-            planes = (codes[r][..., None] >> shifts) & 1                     # [n, d, b]
-            packed = np.packbits(planes.reshape(len(r), -1), axis=1, bitorder="little")
-            out[starts[r][:, None] + np.arange(packed.shape[1])] = packed
-    return out
-
-
-def unpack_rows(buffer: np.ndarray, bits: np.ndarray, d: int) -> np.ndarray:
-    """Inverse of `pack_rows`: -> codes `[V, d]` uint8."""
-    from dirjax.errors import WeightsError
-    buffer = np.asarray(buffer, np.uint8).reshape(-1)
-    bits = np.asarray(bits)
-    sizes = row_bytes(bits, d)
-    if buffer.size != int(sizes.sum()) or np.any(bits < 1) or np.any(bits > MAX_BITS):
-        raise WeightsError(f"packed codes hold {buffer.size} bytes, the row widths need "
-                           f"{int(sizes.sum())} (widths {bits.min()}..{bits.max()})")
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    codes = np.zeros((bits.shape[0], d), np.uint8)
-    for b in np.unique(bits):
-        rows = np.flatnonzero(bits == b)
-        weights = (1 << np.arange(int(b))).astype(np.uint8)
-        for i in range(0, len(rows), PACK_ROWS):
-            r = rows[i:i + PACK_ROWS]
-            packed = buffer[starts[r][:, None] + np.arange(int(sizes[r[0]]))]
-            planes = np.unpackbits(packed, axis=1, count=d * int(b), bitorder="little")
-            codes[r] = (planes.reshape(len(r), d, int(b)) * weights).sum(-1, dtype=np.uint8)
-    return codes
-
-
-def pack_nibbles(bits: np.ndarray) -> np.ndarray:
-    """Widths `[V]` (1..8) -> ceil(V / 2) bytes, two 4-bit widths a byte (low nibble first)."""
-    b = np.asarray(bits, np.uint8)
-    if b.size % 2:
-        b = np.append(b, np.uint8(0))
-    return (b[0::2] | (b[1::2] << 4)).astype(np.uint8)
-
-
-def unpack_nibbles(packed: np.ndarray, v: int) -> np.ndarray:
-    packed = np.asarray(packed, np.uint8).reshape(-1)
-    out = np.empty(packed.size * 2, np.uint8)
-    out[0::2], out[1::2] = packed & 15, packed >> 4
-    return out[:v]
-
-
-# ----------------------------------------------------------------------------- building blocks
-def random_rotation(d: int, seed: int) -> np.ndarray:
-    """A random orthogonal `[d, d]` (Haar, via QR with sign fix), deterministic per seed."""
-    g = np.random.default_rng(seed).standard_normal((d, d))
-    q, r = np.linalg.qr(g)
-    return (q * np.sign(np.diag(r))).astype(np.float32)
-
-
+# ----------------------------------------------------------------------------- rounding
 def _params(x: np.ndarray, bits: np.ndarray, clip: bool):
     """Scale and offset (fp16-rounded) of groups x `[N, g]` at `bits [N]`, MSE-clipped if asked.
 
@@ -289,7 +234,7 @@ def _params_block(x: np.ndarray, bits: np.ndarray, clip: bool):
             best = (err, s, o)
         else:
             keep = err < best[0]
-            best = (np.where(keep, err, best[0]), np.where(keep, s, best[1]), np.where(keep, o, best[2]))
+            best = tuple(np.where(keep, new, old) for new, old in zip((err, s, o), best))
     return best[1], best[2]
 
 
@@ -320,6 +265,7 @@ def quantize_rows(y: np.ndarray, bits: np.ndarray, group: int, clip: bool = True
 
 
 def dequantize(codes, scale, offset, group):
+    """codes `[V, d]`, scale/offset `[V, G]` -> rows `[V, d]` float32."""
     v, d = codes.shape
     y = codes.reshape(v, d // group, group) * scale[..., None] + offset[..., None]
     return y.reshape(v, d).astype(np.float32)
@@ -332,8 +278,7 @@ def gptq_rows(y: np.ndarray, bits: np.ndarray, group: int, hess: np.ndarray, cli
     is small. Group scale/offset are fixed when the group starts, from the updated rows."""
     v, d = y.shape
     w = y.astype(np.float64).copy()
-    h = hess.astype(np.float64) + damp * np.mean(np.diag(hess)) * np.eye(d)
-    hinv = np.linalg.cholesky(np.linalg.inv(h)).T            # upper: H^-1 = U^T U
+    hinv = inverse_cholesky(hess, damp)                       # upper: H^-1 = U^T U
     levels = (2.0 ** bits - 1)[:, None]
     codes = np.zeros((v, d), np.uint8)
     scale = np.zeros((v, d // group), np.float32)
@@ -356,29 +301,36 @@ def gptq_rows(y: np.ndarray, bits: np.ndarray, group: int, hess: np.ndarray, cli
     return codes, scale, offset
 
 
+# ----------------------------------------------------------------------------- bit widths
+def width_errors(y: np.ndarray, group: int, clip: bool) -> np.ndarray:
+    """`[V, MAX_BITS+1]`: each row's squared rounding error at each width (column 0 unused),
+    a slice of rows at a time (in cache, the same result)."""
+    v = len(y)
+    errs = np.zeros((v, MAX_BITS + 1))
+    for i in range(0, v, QUANT_ROWS):
+        rows = y[i:i + QUANT_ROWS]
+        for b in range(1, MAX_BITS + 1):
+            c, s, o = quantize_rows(rows, np.full(len(rows), b), group, clip)
+            errs[i:i + len(rows), b] = ((dequantize(c, s, o, group) - rows) ** 2).sum(1)
+    return errs
+
+
 def allocate_bits(errs: np.ndarray, weight: np.ndarray, d: int, budget_code_bytes: int):
-    """Bits per row minimising sum_v weight[v] * errs[v, b] s.t. code bytes <= budget.
-
-    errs `[V, MAX_BITS+1]` (index = bits, column 0 unused), weight `[V]` >= 0.
-    Lagrangian: each row picks argmin_b w*err + lam*bytes(b); lam is bisected.
-    """
-    b = np.arange(1, MAX_BITS + 1)
-    cost = (d * b + 7) // 8                                        # [B]
-    e = errs[:, 1:] * weight[:, None]                              # [V, B]
-
-    def pick(lam):
-        return b[np.argmin(e + lam * cost[None], axis=1)]
-
-    def used(lam):
-        return np.sum((d * pick(lam) + 7) // 8)
-
-    if used(1e30) > budget_code_bytes:
+    """Bits per row `[V]` uint8 minimising sum_v weight[v] * errs[v, b] s.t. code bytes <=
+    budget (errs `[V, MAX_BITS+1]`, index = bits; weight `[V]` >= 0): `codec.allocate`."""
+    widths = np.arange(1, MAX_BITS + 1)
+    pick = allocate(errs[:, 1:] * weight[:, None], packed_bytes(d, widths), budget_code_bytes)
+    if pick is None:
         raise QuantizeError("byte budget below 1 bit per weight")
-    lo, hi = -30.0, 30.0                  # bisect log10(lam): bytes used falls as lam grows
-    for _ in range(80):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if used(10 ** mid) > budget_code_bytes else (lo, mid)
-    return pick(10 ** hi).astype(np.uint8)
+    return widths[pick].astype(np.uint8)
+
+
+def uniform_bits(code_budget: int, v: int, d: int, rate: float) -> np.ndarray:
+    """The one width `[V]` uint8 that fits the code budget (at most MAX_BITS)."""
+    b = int(code_budget * 8 // (v * d))
+    if b < 1:
+        raise QuantizeError(f"rate {rate} leaves {code_budget * 8 / (v * d):.2f} bits per weight")
+    return np.full(v, min(b, MAX_BITS), np.uint8)
 
 
 # ----------------------------------------------------------------------------- the method
@@ -398,9 +350,7 @@ def quantize(table, *, rate: float, seed: int = 0, group: int | None = None, rot
       a = head_weight in [0, 1] (0 = plain squared error, the input side's metric).
     Deterministic per seed (the seed only draws the rotation).
     """
-    t = np.asarray(table, np.float32)
-    if t.ndim != 2 or t.size == 0 or not np.all(np.isfinite(t)):
-        raise DataError(f"table must be a finite non-empty [V, d] array, got shape {t.shape}")
+    t = check_table(table)
     v, d = t.shape
     group = d if group is None else int(group)
     if d % group:
@@ -412,33 +362,16 @@ def quantize(table, *, rate: float, seed: int = 0, group: int | None = None, rot
                           "text disjoint from the evaluation text; dirjax.compress.calib)")
     budget = int(v * d * 4 / rate)
     mixed = allocation != "uniform"
-    fixed = overhead_bytes(v, d, group, mixed=mixed, mean=center, rotate=rotate)
-    code_budget = budget - fixed
-    mean = t.mean(0) if center else None
-    y = t - mean if center else t
-    rot = random_rotation(d, seed) if rotate else None
-    if rotate:
-        y = y @ rot
+    code_budget = budget - overhead_bytes(v, d, group, mixed=mixed, mean=center, rotate=rotate)
+    y, mean, rot = centre_and_rotate(t, center=center, rotate=rotate, seed=seed)
     if mixed:
-        errs = np.zeros((v, MAX_BITS + 1))
-        for i in range(0, v, QUANT_ROWS):   # a slice of rows at a time: in cache, same result
-            rows = y[i:i + QUANT_ROWS]
-            for b in range(1, MAX_BITS + 1):
-                c, s, o = quantize_rows(rows, np.full(len(rows), b), group, clip)
-                errs[i:i + len(rows), b] = ((dequantize(c, s, o, group) - rows) ** 2).sum(1)
         w = np.ones(v) if allocation == "error" else np.asarray(counts, np.float64)
         w = w / max(w.sum(), 1.0) + floor / v
-        bits = allocate_bits(errs, w, d, code_budget)
+        bits = allocate_bits(width_errors(y, group, clip), w, d, code_budget)
     else:
-        b = int(code_budget * 8 // (v * d))
-        if b < 1:
-            raise QuantizeError(f"rate {rate} leaves {code_budget * 8 / (v * d):.2f} bits per weight")
-        bits = np.full(v, min(b, MAX_BITS), np.uint8)
+        bits = uniform_bits(code_budget, v, d, rate)
     if hidden is not None and head_weight > 0:
-        hd = np.asarray(hidden, np.float64)
-        hd = hd @ rot if rotate else hd
-        hh = hd.T @ hd
-        hess = (1 - head_weight) * np.eye(d) / d + head_weight * hh / np.trace(hh)
+        hess = head_hessian(hidden, rot, head_weight)
         codes, scale, offset = gptq_rows(y, bits, group, hess, clip)
     else:
         codes, scale, offset = quantize_rows(y, bits, group, clip)
@@ -448,21 +381,23 @@ def quantize(table, *, rate: float, seed: int = 0, group: int | None = None, rot
 
 
 # ----------------------------------------------------------------------------- registered methods
-OPTIONS = ("seed", "group", "rotate", "center", "clip", "allocation", "floor")
+# every option's type and range, judged before any model loads (group's divisibility of d is
+# judged when the table is known)
+RULES = {"seed": integer(0), "group": optional(integer(1)), "rotate": BOOL, "center": BOOL,
+         "clip": BOOL, "allocation": choice(*ALLOCATIONS), "floor": number(0)}
 
 
-def _check(method: str, options: dict, extra: tuple[str, ...] = ()) -> None:
-    known = OPTIONS + extra
-    stray = sorted(set(options) - set(known))
-    if stray:
-        raise ConfigError(f"unknown option(s) for method '{method}': {', '.join(stray)} "
-                          f"(known: {', '.join(known)})")
-    if options.get("allocation", "error") not in ALLOCATIONS:
-        raise ConfigError(f"{method} option allocation must be one of {ALLOCATIONS}, "
-                          f"got {options['allocation']!r}")
-    hw = options.get("head_weight", 0.5)
-    if isinstance(hw, bool) or not isinstance(hw, (int, float)) or not 0 <= hw <= 1:
-        raise ConfigError(f"{method} option head_weight must be in [0, 1], got {hw!r}")
+def check_quant(options: dict) -> None:
+    # quant has no counts: "frequency" is quant_freq
+    check_values("quant", options, {**RULES, "allocation": choice("uniform", "error")})
+
+
+def check_quant_freq(options: dict) -> None:
+    check_values("quant_freq", options, RULES)
+
+
+def check_quant_gptq(options: dict) -> None:
+    check_values("quant_gptq", options, {**RULES, "head_weight": number(0, 1)})
 
 
 def _rate(method: str, rate, rank) -> float:
@@ -471,32 +406,10 @@ def _rate(method: str, rate, rank) -> float:
     return rate
 
 
-def check_quant(options: dict) -> None:
-    _check("quant", options)
-
-
-def check_quant_freq(options: dict) -> None:
-    _check("quant_freq", options)
-
-
-def check_quant_gptq(options: dict) -> None:
-    _check("quant_gptq", options, ("head_weight",))
-
-
-def _counts(table, counts) -> np.ndarray:
-    if counts is None:
-        raise ConfigError("this method needs counts= (token counts [V] on calibration text "
-                          "disjoint from the evaluation text; dirjax.compress.calib)")
-    counts = np.asarray(counts, np.float64)
-    if counts.shape != (np.shape(table)[0],) or np.any(counts < 0):
-        raise DataError(f"counts must be [V={np.shape(table)[0]}] non-negative, got {counts.shape}")
-    return counts
-
-
 def quant_method(table, *, rate=None, rank=None, seed: int = 0, **options) -> QuantizedEmbedding:
     """`compress(table, rate=r, method="quant")`: rotation + mean row + per-row int-b codes,
     bits per row allocated by squared error so the byte budget is spent exactly."""
-    check_quant(options)
+    check_quant({"seed": seed, **options})
     options.setdefault("allocation", "error")
     return quantize(table, rate=_rate("quant", rate, rank), seed=seed, **options)
 
@@ -505,10 +418,11 @@ def quant_freq_method(table, *, rate=None, rank=None, seed: int = 0, counts=None
                       **options) -> QuantizedEmbedding:
     """`compress(table, rate=r, method="quant_freq", counts=[V])`: bits per row by token
     frequency on calibration text (see `dirjax.compress.calib.collect`)."""
-    check_quant_freq(options)
+    check_quant_freq({"seed": seed, **options})
     options.setdefault("allocation", "frequency")
-    return quantize(table, rate=_rate("quant_freq", rate, rank), seed=seed,
-                    counts=_counts(table, counts), **options)
+    counts = check_counts(counts, np.shape(table)[0], "quant_freq")
+    return quantize(table, rate=_rate("quant_freq", rate, rank), seed=seed, counts=counts,
+                    **options)
 
 
 def quant_gptq_method(table, *, rate=None, rank=None, seed: int = 0, counts=None, hidden=None,
@@ -516,14 +430,10 @@ def quant_gptq_method(table, *, rate=None, rank=None, seed: int = 0, counts=None
     """`compress(..., method="quant_gptq", counts=[V], hidden=[N, d])`: quant_freq's widths,
     codes chosen by GPTQ against H = (1-a) I/d + a E[h h^T]/tr, a = head_weight: half plain
     squared error (the input side), half the tied head's logit error on calibration states."""
-    check_quant_gptq(options)
+    check_quant_gptq({"seed": seed, "head_weight": head_weight, **options})
     rate = _rate("quant_gptq", rate, rank)
-    if hidden is None:
-        raise ConfigError("method quant_gptq needs hidden= (final hidden states [N, d] of the "
-                          "original model on calibration text; dirjax.compress.calib)")
-    hidden = np.asarray(hidden, np.float32)
-    if hidden.ndim != 2 or hidden.shape[1] != np.shape(table)[1] or not np.all(np.isfinite(hidden)):
-        raise DataError(f"hidden must be finite [N, d={np.shape(table)[1]}], got {hidden.shape}")
+    v, d = np.shape(table)
+    hidden = check_hidden(hidden, d, "quant_gptq")
     options.setdefault("allocation", "frequency")
-    return quantize(table, rate=rate, seed=seed, counts=_counts(table, counts), hidden=hidden,
-                    head_weight=head_weight, **options)
+    return quantize(table, rate=rate, seed=seed, counts=check_counts(counts, v, "quant_gptq"),
+                    hidden=hidden, head_weight=head_weight, **options)

@@ -24,7 +24,8 @@ def rank_for_rate(vocab_size: int, features: int, rate: float) -> int:
     """The largest rank k whose rate is at least `rate`: k = floor((V*d/rate - d) / (V + d))."""
     rate = check_rate(rate, above=0.0)
     v, d = vocab_size, features
-    k = math.floor((v * d / rate - d) / (v + d) + 1e-9)  # 1e-9: rate_for_rank(k) itself maps back to k
+    # 1e-9: the rate of rank k itself, rate_for_rank(k), maps back to k
+    k = math.floor((v * d / rate - d) / (v + d) + 1e-9)
     if k < 1:
         raise ConfigError(f"rate {rate:g} leaves rank {k} < 1 for a {v}x{d} table "
                           f"(the highest rate is {rate_for_rank(v, d, 1):.4g})")

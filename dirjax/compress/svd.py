@@ -93,7 +93,7 @@ def check_options(options: dict) -> None:
     if unknown:
         raise ConfigError(f"unknown option(s) for method 'svd': {', '.join(unknown)} "
                           f"(known: {', '.join(OPTIONS)})")
-    if options.get("exact") not in (None, True, False):
+    if not (options.get("exact") is None or isinstance(options["exact"], bool)):  # 1 == True
         raise ConfigError(f"svd option exact must be true, false or None, got {options['exact']!r}")
     for name in ("n_iter", "oversample", "seed"):
         value = options.get(name, 0)

@@ -72,25 +72,58 @@ class AEOptions:
         if unknown:
             raise ConfigError(f"unknown option(s) for method 'ae': {', '.join(unknown)} "
                               f"(known: {', '.join(known)})")
-        for name in ("epochs", "batch_size", "checkpoint_every", "seed", "unroll"):
+        for name in ("epochs", "batch_size", "lr_decay_every", "checkpoint_every", "seed",
+                     "unroll"):
             value = kw.get(name, 1)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ConfigError(f"ae option {name} must be an integer, got {value!r}")
+            if name != "seed" and value < 1:
+                raise ConfigError(f"ae option {name} must be an integer >= 1, got {value!r}")
         for name in ("lr", "lr_decay", "w_cos", "w_rec", "alpha_start", "alpha_end",
                      "anneal_fraction"):
             value = kw.get(name, 1.0)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or \
                     not np.isfinite(value):
                 raise ConfigError(f"ae option {name} must be a finite number, got {value!r}")
+        _check_ae_ranges(kw)
         opts = cls(**kw)
         opts.hidden = tuple(opts.hidden)
-        if opts.epochs < 1 or opts.batch_size < 1 or opts.checkpoint_every < 1:
-            raise ConfigError("epochs, batch_size and checkpoint_every must be >= 1")
         if opts.activation not in ae.ACTIVATIONS:
             raise ConfigError(f"activation must be one of {sorted(ae.ACTIVATIONS)}")
         if opts.init not in ("random", "svd") or (opts.init == "svd" and opts.hidden):
             raise ConfigError("init must be 'random' or 'svd' (svd needs a linear encoder)")
         return opts
+
+
+def _check_ae_ranges(kw: dict) -> None:
+    """ConfigError on a number out of its range, or a bad hidden, activation, progress,
+    stop_after_epochs or workdir (the types of the other numbers are judged already)."""
+    for name in ("lr", "lr_decay", "alpha_start", "alpha_end"):   # 0 trains nothing
+        if kw.get(name, 1.0) <= 0:
+            raise ConfigError(f"ae option {name} must be > 0, got {kw[name]!r}")
+    for name in ("w_cos", "w_rec"):                                # < 0 rewards the error
+        if kw.get(name, 1.0) < 0:
+            raise ConfigError(f"ae option {name} must be >= 0, got {kw[name]!r}")
+    if not 0 <= kw.get("anneal_fraction", 0) <= 1:
+        raise ConfigError(f"ae option anneal_fraction must be in [0, 1], "
+                          f"got {kw['anneal_fraction']!r}")
+    hidden = kw.get("hidden", ())
+    if not isinstance(hidden, (list, tuple)) or not all(
+            isinstance(h, (int, np.integer)) and not isinstance(h, bool) and h >= 1
+            for h in hidden):
+        raise ConfigError(f"ae option hidden must be a list of integers >= 1, got {hidden!r}")
+    if not isinstance(kw.get("activation", "relu"), str):
+        raise ConfigError(f"ae option activation must be one of {sorted(ae.ACTIVATIONS)}, "
+                          f"got {kw['activation']!r}")
+    if not isinstance(kw.get("progress", True), bool):
+        raise ConfigError(f"ae option progress must be true or false, got {kw['progress']!r}")
+    stop = kw.get("stop_after_epochs")
+    if stop is not None and (isinstance(stop, bool) or not isinstance(stop, (int, np.integer))
+                             or stop < 0):
+        raise ConfigError(f"ae option stop_after_epochs must be None or an integer >= 0, "
+                          f"got {stop!r}")
+    if not isinstance(kw.get("workdir"), (type(None), str, os.PathLike)):
+        raise ConfigError(f"ae option workdir must be None or a path, got {kw['workdir']!r}")
 
 
 def make_mesh(devices=None) -> Mesh:

@@ -30,10 +30,12 @@ Bytes, everything counted: codes packed at b bits (ceil per tier), codebooks fp1
 row + 8 for the log range, or 2 bytes a row), the mean row (4d), the seed (8).
 rate = V * d * 4 / storage_bytes().
 
-Registered as `vq` (vq_method; defaults = what was kept: norm log8, gain norm, floor 0.25,
-head_weight 0.9, ldlq_rounds 2, refine_steps 60). Measured with bench/vq_explore.py on SmolLM2-135M, input AND
-tied head replaced, first 4,096 tokens of WikiText-2 raw test (original 30.64), calibration on
-WikiText-2 valid; tied ppl at rate 16 / rate 32 (quant_gptq: 40.41 / refused):
+Registered as `vq` (vq_method; defaults = what was kept, `VQOptions`: norm log8, gain norm,
+floor 0.25, head_weight 0.9, ldlq_rounds 2, refine_steps 60). The frame, the tier allocation
+and the packing are shared with the scalar codes (codec.py); k-means and LDLQ are kmeans.py.
+Measured with bench/vq_explore.py on SmolLM2-135M, input AND tied head replaced, first 4,096
+tokens of WikiText-2 raw test (original 30.64), calibration on WikiText-2 valid; tied ppl at
+rate 16 / rate 32 (quant_gptq: 40.41 / refused):
     norm apart, nearest codes (no hidden)            44.83 / 141.67
     + LDLQ, head_weight 0.5                          36.78 /  59.97
     head_weight 0.9 (each row below changes this one) 35.97 /  56.47
@@ -52,20 +54,98 @@ when less loaded).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields, replace
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
-from dirjax.compress.quantize import QuantizeError, random_rotation, unrotate
+from dirjax.compress.codec import (BOOL, QuantizeError, allocate, centre_and_rotate, check_counts,
+                                   check_hidden, check_table, check_values, choice, chunk_start,
+                                   class_logits, head_frame, head_hessian, integer, is_int,
+                                   number, pack_codes, packed_bytes, random_rotation,
+                                   unpack_codes, unrotate)
+from dirjax.compress.kmeans import assign, kmeans, ldlq, ldlq_matrices
 from dirjax.embedding import Described
-from dirjax.errors import ConfigError, DataError
+from dirjax.errors import ConfigError
 
 DEFAULT_TIERS = ((16, 8), (8, 8), (4, 8), (2, 8))
-GAINS = ("log8", "fp16", "none")
-CHUNK = 8192           # vectors per k-means assignment chunk (bounds the [chunk, K] distances)
+GAINS = ("log8", "fp16", "none")       # how a row's gain is stored (option `norm`)
+GAIN_FITS = ("norm", "ls", "hls")      # how it is fitted (option `gain`)
+MAX_TIERS, MAX_TIER_BITS = 16, 16
+
+
+# ----------------------------------------------------------------------------- options
+def _is_tiers(x) -> bool:
+    return (isinstance(x, (list, tuple)) and 1 <= len(x) <= MAX_TIERS
+            and all(isinstance(t, (list, tuple)) and len(t) == 2 and all(map(is_int, t))
+                    and t[0] >= 1 and 1 <= t[1] <= MAX_TIER_BITS for t in x))
+
+
+# each option's type and range, judged before any model loads (that each group divides d is
+# judged when the table is known)
+RULES = {"seed": integer(0),
+         "tiers": (_is_tiers, f"a non-empty list of at most {MAX_TIERS} (group, bits) integer "
+                              f"pairs, group >= 1 and 1 <= bits <= {MAX_TIER_BITS}"),
+         "norm": choice(*GAINS), "gain": choice(*GAIN_FITS), "center": BOOL, "rotate": BOOL,
+         "floor": number(0), "head_weight": number(0, 1), "iters": integer(1),
+         "refit_iters": integer(0), "weighted": BOOL, "ldlq_rounds": integer(1),
+         "refine_steps": integer(0), "refine_lr": number(positive=True),
+         "max_train": integer(1), "prob_weight": number(0, 1)}
+
+
+@dataclass(frozen=True)
+class VQOptions:
+    """`vq`'s options, as users pass them (`method_options.vq.tiers=...`); the defaults are
+    what was kept (module docstring).
+
+    tiers: (g, b) pairs: groups of g entries coded by b-bit indices into a 2^b codebook.
+    norm: "log8" / "fp16": each row's gain stored apart (8-bit log or fp16) and the direction
+      coded; "none": plain vector codes of the raw rotated rows.
+    gain: "norm" (keep each row's norm), "ls" (least-squares gain) or "hls" (least squares in
+      the H metric); ignored for norm="none".
+    floor: row weight counts/sum + floor/V for the tier allocation (None counts: equal).
+    head_weight: with hidden, LDLQ against H = (1-a) I/d + a E[hh^T]/tr, a = head_weight.
+    iters / refit_iters: Lloyd steps of the first codebooks / of the refit on a tier's rows.
+    weighted: refit each tier's codebook by k-means weighted by row weight x row scale^2.
+    ldlq_rounds: with hidden, LDLQ passes; each after the first refits the codebook on what
+      the pass before rounded (its targets: rows with earlier errors fed back).
+    refine_steps / refine_lr: with hidden and a gain, Adam steps on the codebooks and log gains
+      (codes fixed) minimising KL(original tied-head softmax || compressed).
+    max_train: vectors each k-means trains on (a sample drawn with the seed).
+    prob_weight: with hidden, the allocation's row weights mix the normalised counts (1 - p)
+      with the mean predicted probability of each row over the calibration states (p): a
+      smoothed frequency that also covers tokens the calibration text lacks.
+    """
+    seed: int = 0
+    tiers: tuple = DEFAULT_TIERS
+    norm: str = "log8"
+    gain: str = "norm"
+    center: bool = True
+    rotate: bool = True
+    floor: float = 0.25
+    head_weight: float = 0.9
+    iters: int = 20
+    refit_iters: int = 10
+    weighted: bool = False
+    ldlq_rounds: int = 2
+    refine_steps: int = 60
+    refine_lr: float = 3e-3
+    max_train: int = 1 << 17
+    prob_weight: float = 0.0
+
+    @classmethod
+    def checked(cls, options: dict) -> "VQOptions":
+        """The options, each judged by its rule (ConfigError naming it), tiers as int pairs."""
+        check_values("vq", options, RULES)
+        opts = cls(**options)
+        return replace(opts, tiers=tuple((int(g), int(b)) for g, b in opts.tiers))
+
+
+assert set(RULES) == {f.name for f in fields(VQOptions)}
 
 
 # ----------------------------------------------------------------------------- bytes
@@ -76,146 +156,58 @@ def _tier_bits(n_tiers: int) -> int:
 def overhead_bytes(v: int, d: int, tiers, *, gain: str, center: bool, rotate: bool) -> int:
     """Everything but the codes: codebooks (fp16), tier ids, gains, mean row, seed."""
     books = sum((2 ** b) * g * 2 for g, b in tiers)
-    ids = (v * _tier_bits(len(tiers)) + 7) // 8
+    ids = int(packed_bytes(v, _tier_bits(len(tiers))))
     gains = {"log8": v + 8, "fp16": 2 * v, "none": 0}[gain]
     return books + ids + gains + (4 * d if center else 0) + (8 if rotate else 0)
 
 
 def code_bytes(counts_per_tier, d: int, tiers) -> int:
     """Packed code bytes: n_t rows * (d/g) codes * b bits, rounded up per tier."""
-    return sum((n * (d // g) * b + 7) // 8 for n, (g, b) in zip(counts_per_tier, tiers))
-
-
-# ----------------------------------------------------------------------------- packing
-def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Codes (any shape, < 2^bits) -> uint8 `[ceil(size * bits / 8)]`, little-endian bits."""
-    c = np.asarray(codes, np.uint32).reshape(-1)
-    planes = ((c[:, None] >> np.arange(bits, dtype=np.uint32)) & 1).astype(np.uint8)
-    return np.packbits(planes.reshape(-1), bitorder="little")
-
-
-def unpack_codes(packed: np.ndarray, bits: int, shape) -> np.ndarray:
-    """Inverse of `pack_codes`: int32 codes of `shape`."""
-    n = int(np.prod(shape))
-    planes = np.unpackbits(np.asarray(packed, np.uint8), bitorder="little")[: n * bits]
-    planes = planes.reshape(n, bits).astype(np.int64)
-    return (planes << np.arange(bits)).sum(1).astype(np.int32).reshape(shape)
-
-
-# ----------------------------------------------------------------------------- k-means (JAX)
-def _nearest(x, c):
-    """x `[n, g]`, c `[K, g]` -> (index [n] int32, squared error [n])."""
-    dist = jnp.sum(c * c, 1)[None] - 2 * x @ c.T                       # [n, K]
-    i = jnp.argmin(dist, 1).astype(jnp.int32)
-    return i, jnp.sum((x - c[i]) ** 2, 1)
-
-
-@jax.jit
-def _assign_chunks(x, c):
-    """x `[n_chunks, CHUNK, g]` -> index, error `[n_chunks, CHUNK]` (one chunk at a time)."""
-    return jax.lax.map(lambda xb: _nearest(xb, c), x)
-
-
-def _chunked(x: np.ndarray, fill=0.0):
-    n = x.shape[0]
-    pad = (-n) % CHUNK
-    xp = np.concatenate([x, np.full((pad,) + x.shape[1:], fill, x.dtype)])
-    return xp.reshape(-1, CHUNK, *x.shape[1:]), n
-
-
-def assign(x: np.ndarray, c: np.ndarray):
-    """Nearest codeword of each row of x `[n, g]` in c `[K, g]`: (index [n], error [n])."""
-    xc, n = _chunked(np.asarray(x, np.float32))
-    i, e = _assign_chunks(jnp.asarray(xc), jnp.asarray(c, jnp.float32))
-    return np.asarray(i).reshape(-1)[:n], np.asarray(e).reshape(-1)[:n]
-
-
-@partial(jax.jit, static_argnames=("iters",))
-def _lloyd(x, w, c, iters: int):
-    """`iters` weighted Lloyd steps. x `[n_chunks, CHUNK, g]`, w `[n_chunks, CHUNK]`."""
-    k, g = c.shape
-
-    def step(_, c):
-        i, _ = jax.lax.map(lambda xb: _nearest(xb, c), x)
-        i, xf, wf = i.reshape(-1), x.reshape(-1, g), w.reshape(-1)
-        s = jax.ops.segment_sum(xf * wf[:, None], i, k)
-        n = jax.ops.segment_sum(wf, i, k)
-        return jnp.where(n[:, None] > 0, s / jnp.maximum(n, 1e-30)[:, None], c)  # empty: keep
-    return jax.lax.fori_loop(0, iters, step, c)
-
-
-def kmeans(x: np.ndarray, k: int, *, seed: int, iters: int = 20, weights=None, init=None,
-           max_train: int = 1 << 17) -> np.ndarray:
-    """Codebook `[k, g]` (fp16-exact float32) by weighted k-means on x `[n, g]`.
-
-    Trains on at most `max_train` vectors drawn with the seed (all of them when fewer);
-    init: the given codebook, else k distinct training vectors.
-    """
-    rng = np.random.default_rng(seed)
-    x = np.asarray(x, np.float32)
-    w = np.ones(len(x), np.float32) if weights is None else np.asarray(weights, np.float32)
-    if len(x) > max_train:
-        pick = rng.choice(len(x), max_train, replace=False)
-        x, w = x[pick], w[pick]
-    if init is None:
-        init = x[rng.choice(len(x), k, replace=len(x) < k)]
-        init = init + 1e-3 * rng.standard_normal(init.shape).astype(np.float32) * (len(x) < k)
-    xc, _ = _chunked(x)
-    wc, _ = _chunked(w[:, None])
-    c = _lloyd(jnp.asarray(xc), jnp.asarray(wc[..., 0]), jnp.asarray(init, jnp.float32), iters)
-    return np.asarray(c).astype(np.float16).astype(np.float32)
-
-
-# ----------------------------------------------------------------------------- LDLQ (JAX)
-def ldlq_matrices(hess: np.ndarray, g: int, damp: float = 0.01) -> np.ndarray:
-    """`[d/g, g, d]`: for group j (columns B), A_j = U_BB^-1 U_B: with H^-1 = U^T U (U upper).
-
-    Coding group j with error E `[n, g]` updates the rows as W -= E @ A_j: the OBS/GPTQ update
-    of the columns after B for a block coded jointly (columns before B are zero in A_j)."""
-    d = hess.shape[0]
-    h = hess.astype(np.float64) + damp * np.mean(np.diag(hess)) * np.eye(d)
-    u = np.linalg.cholesky(np.linalg.inv(h)).T
-    out = np.zeros((d // g, g, d))
-    for j in range(d // g):
-        b = slice(j * g, (j + 1) * g)
-        out[j] = np.linalg.solve(u[b, b], u[b])
-    return out.astype(np.float32)
-
-
-@jax.jit
-def _ldlq(w, c, a):
-    """Sequential vector rounding: w `[n, d]`, c `[K, g]`, a `[M, g, d]` -> codes `[n, M]`."""
-    m, g, _ = a.shape
-
-    def body(j, carry):
-        w, codes, seen = carry
-        blk = jax.lax.dynamic_slice_in_dim(w, j * g, g, axis=1)
-        i, _ = _nearest(blk, c)
-        w = w - (blk - c[i]) @ a[j]
-        seen = jax.lax.dynamic_update_slice_in_dim(seen, blk, j * g, axis=1)
-        return w, codes.at[:, j].set(i), seen
-    _, codes, seen = jax.lax.fori_loop(
-        0, m, body, (w, jnp.zeros((w.shape[0], m), jnp.int32), jnp.zeros_like(w)))
-    return codes, seen
-
-
-def ldlq(w: np.ndarray, c: np.ndarray, a: np.ndarray, rows: int = 8192):
-    """`_ldlq` over row chunks (rows are independent): (codes `[n, d/g]` int32, the targets
-    each group was rounded from `[n, d]`, i.e. the rows with earlier errors fed back)."""
-    out = [_ldlq(jnp.asarray(w[i:i + rows]), jnp.asarray(c), jnp.asarray(a))
-           for i in range(0, len(w), rows)]
-    if not out:
-        return np.zeros((0, a.shape[0]), np.int32), np.zeros((0, w.shape[1]), np.float32)
-    return (np.concatenate([np.asarray(o[0]) for o in out]),
-            np.concatenate([np.asarray(o[1]) for o in out]))
+    return sum(int(packed_bytes(n * (d // g), b)) for n, (g, b) in zip(counts_per_tier, tiers))
 
 
 # ----------------------------------------------------------------------------- the module
+class Tier(nnx.Module):
+    """One tier's rows: codes `[V_t, d/g]` into its codebook fp16 `[2^b, g]`. In memory the
+    codes are the narrowest unsigned integers that hold b bits (uint8 for the default b = 8,
+    uint16 up to 16): a head reads each code once per step, so their bytes are its traffic."""
+
+    def __init__(self, codes, book, group: int, bits: int, features: int):
+        self.group, self.bits, self.features = int(group), int(bits), int(features)
+        dtype = jnp.uint8 if self.bits <= 8 else jnp.uint16
+        self.codes = nnx.Variable(jnp.asarray(np.asarray(codes).reshape(-1, features // group),
+                                              dtype))
+        self.book = nnx.Variable(jnp.asarray(book, jnp.float16))
+
+    @property
+    def rows(self) -> int:
+        """V_t (static: a shape, as jit needs it)."""
+        return self.codes.shape[0]
+
+    def decode(self, rows=None, dtype=jnp.float32):
+        """Rotated-frame rows `[V_t or len(rows), d]` (gain not applied)."""
+        codes = self.codes[...]
+        if rows is not None:
+            codes = jnp.take(codes, rows, axis=0, mode="clip")
+        return self._decoded(codes, dtype)
+
+    def _decoded(self, codes, dtype):
+        book = self.book[...].astype(dtype)
+        return book[codes.astype(jnp.int32)].reshape(*codes.shape[:-1], self.features)
+
+    def logits(self, hf, first, count: int):
+        """hf `[n, d]` (rotated frame) . the tier's rows first..first+count-1 -> `[n, count]`
+        (gain not applied): the rows decoded from their codes and dotted at once."""
+        codes = jax.lax.dynamic_slice_in_dim(self.codes[...], first, count, axis=0)
+        return hf @ self._decoded(codes, hf.dtype).T
+
+
 class VQEmbedding(nnx.Module, Described):
     """Tiers of vector codes with per-row gains; see the module docstring.
 
-    Arrays (in memory): `tier` uint8 [V]; per tier t `codes_t` int32 [V_t, d/g_t] and
-    `book_t` fp16 [2^b_t, g_t]; `gain` float32 [V] (fp16- or log8-exact values); `mean` [d].
+    Arrays (in memory): `tier` uint8 [V]; `tier_codes[t]` a `Tier` (codes uint8 or uint16
+    [V_t, d/g_t], book fp16 [2^b_t, g_t]); `gain` float32 [V] (fp16- or log8-exact values);
+    `mean` [d].
     `index` int32 [V] (row -> its row in its tier) is derived from `tier`, not stored.
     """
 
@@ -232,16 +224,12 @@ class VQEmbedding(nnx.Module, Described):
         self.seed = int(seed)
         self.d = int(features)
         self.tier = nnx.Variable(jnp.asarray(tier))
-        # static (python ints), as jit needs them for shapes in attend
-        self.rows = tuple(int(np.sum(tier == t)) for t in range(len(self.tiers)))
         index = np.zeros(len(tier), np.int32)
         for t in range(len(self.tiers)):
             index[tier == t] = np.arange(int(np.sum(tier == t)), dtype=np.int32)
         self.index = nnx.Variable(jnp.asarray(index))
-        for t, (g, b) in enumerate(self.tiers):
-            setattr(self, f"codes_{t}",
-                    nnx.Variable(jnp.asarray(codes[t], jnp.int32).reshape(-1, self.d // g)))
-            setattr(self, f"book_{t}", nnx.Variable(jnp.asarray(books[t], jnp.float16)))
+        self.tier_codes = nnx.List([Tier(c, book, g, b, self.d)
+                                    for c, book, (g, b) in zip(codes, books, self.tiers)])
         self.gain = None if gain is None else nnx.Variable(jnp.asarray(gain, jnp.float32))
         self.mean = None if mean is None else nnx.Variable(jnp.asarray(mean, jnp.float32))
         self.rotation = (nnx.Variable(jnp.asarray(random_rotation(self.d, seed)))
@@ -257,7 +245,7 @@ class VQEmbedding(nnx.Module, Described):
         return self.d
 
     def rows_per_tier(self) -> list[int]:
-        return list(self.rows)
+        return [int(part.rows) for part in self.tier_codes]
 
     def storage_bytes(self) -> int:
         return (code_bytes(self.rows_per_tier(), self.d, self.tiers)
@@ -266,37 +254,25 @@ class VQEmbedding(nnx.Module, Described):
 
     def num_params(self) -> int:
         """Stored numbers: codes, codebook entries, gains, tier ids, mean (not the rotation)."""
-        n = sum(getattr(self, f"codes_{t}").size + getattr(self, f"book_{t}").size
-                for t in range(len(self.tiers)))
+        n = sum(part.codes.size + part.book.size for part in self.tier_codes)
         n += self.vocab_size * (len(self.tiers) > 1) + (0 if self.gain is None else self.gain.size)
         return int(n + (0 if self.mean is None else self.mean.size))
 
     # --- decoding
-    def _decode_tier(self, t, rows=None):
-        """Rotated-frame rows of tier t `[V_t or len(rows), d]` (gain not applied)."""
-        codes = getattr(self, f"codes_{t}")[...]
-        if rows is not None:
-            codes = jnp.take(codes, rows, axis=0, mode="clip")
-        book = getattr(self, f"book_{t}")[...].astype(jnp.float32)
-        return book[codes].reshape(*codes.shape[:-1], self.d)
-
     def _rotated(self, ids):
         """y_hat rows `[..., d]` for ids (rotated frame, gain applied, mean not added)."""
         tier, index = jnp.take(self.tier[...], ids), jnp.take(self.index[...], ids)
         y = jnp.zeros((*ids.shape, self.d), jnp.float32)
-        for t in range(len(self.tiers)):
-            if self.rows[t]:
-                y = jnp.where((tier == t)[..., None], self._decode_tier(t, index), y)
+        for t, part in enumerate(self.tier_codes):
+            if part.rows:
+                y = jnp.where((tier == t)[..., None], part.decode(index), y)
         if self.gain is not None:
             y = y * jnp.take(self.gain[...], ids)[..., None]
         return y
 
-    def _unrotate(self, y):
-        return unrotate(y, self.rotation, self.mean)
-
     def __call__(self, ids):
         """Lookup `[..., d]`: only the looked-up rows are decoded."""
-        return self._unrotate(self._rotated(ids))
+        return unrotate(self._rotated(ids), self.rotation, self.mean)
 
     def table(self):
         """The decoded table `[V, d]` float32 (one compiled program, also when called eagerly:
@@ -304,51 +280,39 @@ class VQEmbedding(nnx.Module, Described):
         return _decoded_table(*nnx.split(self))
 
     def attend(self, h):
-        """Tied-head logits `[..., V]` = h @ table^T, as (h R) y_hat^T + h . mean.
+        """Tied-head logits `[..., V]` = h @ table^T, read from the codes (`attend_chunk`)."""
+        return self.attend_chunk(h, 0, self.vocab_size)
 
-        Per tier: for more than g_t vectors in h the tier's rows are decoded once (V_t d work,
-        less than the N V_t d of the product); for fewer, a lookup table of partial dot products
-        with the codebook `[N, d/g, 2^b]` is summed over the codes (N V_t d/g work), so the
-        `[V, d]` table is never built for a few-token call (generation)."""
-        hr = h if self.rotation is None else h @ self.rotation[...].astype(h.dtype)
-        lead = hr.shape[:-1]
-        hf = hr.reshape(-1, self.d)
-        n = hf.shape[0]
-        parts = []
-        for t, (g, _) in enumerate(self.tiers):
-            codes = getattr(self, f"codes_{t}")[...]
-            if codes.shape[0] == 0:
-                parts.append(jnp.zeros((n, 0), hf.dtype))
-            elif n < g:
-                book = getattr(self, f"book_{t}")[...].astype(hf.dtype)
-                lut = jnp.einsum("nmg,kg->nmk", hf.reshape(n, self.d // g, g), book)
-                m = jnp.arange(self.d // g)
-                parts.append(jnp.sum(lut[:, m[None, :], codes], axis=-1))     # [n, V_t]
-            else:
-                parts.append(hf @ self._decode_tier(t).astype(hf.dtype).T)
-        # tier order -> row order: row v sits at offset(tier v) + index v
-        offsets = np.concatenate([[0], np.cumsum(self.rows_per_tier())[:-1]]).astype(np.int32)
-        pos = jnp.asarray(offsets)[self.tier[...].astype(jnp.int32)] + self.index[...]
-        out = jnp.take(jnp.concatenate(parts, axis=1), pos, axis=1)
+    def attend_chunk(self, h, start, size: int):
+        """The logits `[..., size]` of rows start..start+size-1 (start may be traced; clamped
+        as `lax.dynamic_slice` clamps it) = (h R) y_hat^T * gain + h . mean: each tier's rows
+        in the chunk decoded a block at a time from their codes and dotted at once
+        (`codec.class_logits`), so no `[V, d]` table is ever built. In fp32 whatever h's
+        dtype (the bytes read are the codes either way), returned in h's dtype."""
+        hr, base = head_frame(h, self.rotation, self.mean)
+        parts = self.tier_codes
+        out = class_logits(lambda t, first, count: parts[t].logits(hr, first, count),
+                           self.tier[...], self.index[...], self.rows_per_tier(),
+                           hr.shape[0], hr.dtype, start, size)
         if self.gain is not None:
-            out = out * self.gain[...].astype(out.dtype)
-        out = out.reshape(*lead, self.vocab_size)
-        if self.mean is not None:
-            out = out + (h @ self.mean[...].astype(h.dtype))[..., None]
-        return out
+            start = chunk_start(start, size, self.vocab_size)
+            out = out * jax.lax.dynamic_slice_in_dim(self.gain[...], start, size).astype(out.dtype)
+        if base is not None:
+            out = out + base[:, None]
+        return out.reshape(*h.shape[:-1], size).astype(h.dtype)
 
     # --- store
     def export(self) -> tuple[dict, dict]:
         """(arrays, static) for `store.save_compressed`, in the packed form `storage_bytes`
-        counts: codes at b bits, tier ids at ceil(log2 T) bits, gains as uint8 log codes or
-        fp16, codebooks fp16; the rotation as its seed."""
+        counts: codes at b bits (`codes_t`), codebooks fp16 (`book_t`), tier ids at
+        ceil(log2 T) bits, gains as uint8 log codes or fp16; the rotation as its seed."""
         tier = np.asarray(self.tier[...])
         arrays = {}
         if len(self.tiers) > 1:
             arrays["tier"] = pack_codes(tier, _tier_bits(len(self.tiers)))
-        for t, (g, b) in enumerate(self.tiers):
-            arrays[f"codes_{t}"] = pack_codes(np.asarray(getattr(self, f"codes_{t}")[...]), b)
-            arrays[f"book_{t}"] = np.asarray(getattr(self, f"book_{t}")[...], np.float16)
+        for t, part in enumerate(self.tier_codes):
+            arrays[f"codes_{t}"] = pack_codes(np.asarray(part.codes[...]), part.bits)
+            arrays[f"book_{t}"] = np.asarray(part.book[...], np.float16)
         if self.gain_mode == "log8":
             arrays["gain"] = encode_log8(np.asarray(self.gain[...]), self.gain_range)
         elif self.gain_mode == "fp16":
@@ -395,6 +359,7 @@ def log8_range(gain: np.ndarray):
 
 
 def encode_log8(gain: np.ndarray, rng) -> np.ndarray:
+    """Gains `[V]` -> uint8 codes: 0 a zero gain, 1..255 log-uniform over rng = (lo, hi)."""
     lo, hi = rng
     step = (hi - lo) / 254 if hi > lo else 1.0
     code = 1 + np.rint((np.log(np.maximum(gain, 1e-30)) - lo) / step)
@@ -416,170 +381,184 @@ def store_gain(gain: np.ndarray, mode: str):
     return gain.astype(np.float16).astype(np.float32), None
 
 
-# ----------------------------------------------------------------------------- allocation
-def allocate_tiers(errs: np.ndarray, weight: np.ndarray, cost: np.ndarray, budget: float):
-    """Tier per row minimising sum_v weight[v] errs[v, t] s.t. sum cost[tier] <= budget (bits).
-
-    errs `[V, T]`, cost `[T]` bits per row. Lagrangian: argmin_t w e + lam c, lam bisected."""
-    e = errs * weight[:, None]
-
-    def pick(lam):
-        return np.argmin(e + lam * cost[None], axis=1)
-
-    if cost[pick(1e30)].sum() > budget:
-        raise QuantizeError(f"byte budget below the cheapest tier for every row "
-                            f"({cost.min():.0f} bits a row)")
-    lo, hi = -40.0, 40.0
-    for _ in range(90):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cost[pick(10 ** mid)].sum() > budget else (lo, mid)
-    return pick(10 ** hi).astype(np.uint8)
-
-
 # ----------------------------------------------------------------------------- the method
-def vq(table, *, rate: float, seed: int = 0, tiers=DEFAULT_TIERS, norm: str = "log8",
-       gain: str = "norm", center: bool = True, rotate: bool = True, counts=None,
-       floor: float = 0.25, hidden=None, head_weight: float = 0.9, iters: int = 20,
-       refit_iters: int = 10, weighted: bool = False, ldlq_rounds: int = 2,
-       refine_steps: int = 60, refine_lr: float = 3e-3, max_train: int = 1 << 17,
-       prob_weight: float = 0.0) -> VQEmbedding:
+def vq(table, *, rate: float, counts=None, hidden=None, **options) -> VQEmbedding:
     """Compress `table [V, d]` into at most V*d*4/rate bytes with tiered vector codes.
 
-    norm: "log8" / "fp16": each row's gain stored apart (8-bit log or fp16) and the direction
-      coded; "none": plain vector codes of the raw rotated rows.
-    gain: "norm" (keep each row's norm) or "ls" (least-squares gain); ignored for norm="none".
-    counts `[V]`: row weight counts/sum + floor/V for the tier allocation (None: equal).
-    hidden `[N, d]`: LDLQ against H = (1-a) I/d + a E[hh^T]/tr, a = head_weight (None: nearest).
-    ldlq_rounds: with hidden, rounds of (codebook refit on LDLQ's targets, LDLQ) after the first.
-    refine_steps: with hidden and a gain, Adam steps on the codebooks and log gains (codes
-      fixed) minimising KL(original tied-head softmax || compressed) on batches of hidden states.
-    weighted: refit each tier's codebook by k-means weighted by row weight x row scale^2.
-    prob_weight: with hidden, the allocation's row weights mix the normalised counts (1 - p) with
-      the mean predicted probability of each row over the calibration states (p): a smoothed
-      frequency that also covers tokens the calibration text lacks (the KL's second-order
-      term weighs row v's head error by p_v(h)).
+    counts `[V]`: token counts on calibration text, for the tier allocation (None: equal).
+    hidden `[N, d]`: calibration final hidden states, for LDLQ, the allocation's predicted
+    probabilities and the refinement (None: nearest codes). options: `VQOptions`.
     Deterministic per seed (rotation, k-means samples and init).
     """
-    t = np.asarray(table, np.float32)
-    if t.ndim != 2 or t.size == 0 or not np.all(np.isfinite(t)):
-        raise DataError(f"table must be a finite non-empty [V, d] array, got shape {t.shape}")
+    opts = VQOptions.checked(options)
+    t = check_table(table)
     v, d = t.shape
-    tiers = tuple((int(g), int(b)) for g, b in tiers)
-    if not tiers or any(d % g or not 1 <= b <= 16 for g, b in tiers):
-        raise ConfigError(f"tiers must be (g, bits) with g dividing d={d} and 1 <= bits <= 16, "
-                          f"got {tiers}")
-    if len(tiers) > 16:
-        raise ConfigError("at most 16 tiers")
-    if norm not in GAINS or gain not in ("norm", "ls", "hls"):
-        raise ConfigError(f"norm must be one of {GAINS}, gain 'norm', 'ls' or 'hls'; "
-                          f"got {norm!r}, {gain!r}")
+    tiers = opts.tiers
+    if any(d % g for g, _ in tiers):
+        raise ConfigError(f"vq option tiers: each group must divide d={d}, got {tiers}")
     budget = int(v * d * 4 / rate)
-    over = overhead_bytes(v, d, tiers, gain=norm, center=center, rotate=rotate)
+    over = overhead_bytes(v, d, tiers, gain=opts.norm, center=opts.center, rotate=opts.rotate)
     code_budget_bits = (budget - over - len(tiers)) * 8      # -T bytes: each tier's rounding up
+    y, mean, rot = centre_and_rotate(t, center=opts.center, rotate=opts.rotate, seed=opts.seed)
+    u, rownorm, to_y = directions(y, opts.norm)
+    w = row_weights(t, counts, hidden, opts)
 
-    mean = t.mean(0) if center else None
-    y = (t - mean) if center else t
-    rot = random_rotation(d, seed) if rotate else None
-    y = (y @ rot) if rotate else y
-    y = y.astype(np.float32)
+    # 1. a codebook per tier and its relative distortion: the tier of each row
+    books, dist = first_codebooks(u, opts)
+    errs = (np.sum(u * u, 1) * to_y)[:, None] * dist[None, :]
+    tier = allocate_tiers(errs, w, tiers, d, code_budget_bits, rate)
+
+    # 2. refit each codebook on its own rows, then code them (LDLQ when hidden states are given)
+    hess = (head_hessian(hidden, rot, opts.head_weight)
+            if hidden is not None and opts.head_weight > 0 else None)
+    books, codes = code_tiers(u, tier, w * to_y, books, hess, opts)
+
+    # 3. gains: per row, from the coded direction q
+    gains, grange = None, None
+    if opts.norm != "none":
+        raw = fit_gains(y, rownorm, decode_directions(books, codes, tier, d), hess, opts.gain)
+        gains, grange = store_gain(raw, opts.norm)
+        if opts.refine_steps and hidden is not None:
+            books, raw = refine(t, mean, rot, tier, codes, books, raw, np.asarray(hidden),
+                                steps=opts.refine_steps, lr=opts.refine_lr, seed=opts.seed)
+            gains, grange = store_gain(raw, opts.norm)
+    emb = VQEmbedding(tier, codes, books, tiers, gains, d, gain_mode=opts.norm,
+                      gain_range=grange, mean=mean, seed=opts.seed, rotate=opts.rotate,
+                      meta={"tiers": [list(x) for x in tiers], "norm": opts.norm,
+                            "gain": opts.gain,
+                            "head_weight": opts.head_weight if hess is not None else 0.0})
+    assert emb.storage_bytes() <= budget, (emb.storage_bytes(), budget)
+    return emb
+
+
+def directions(y: np.ndarray, norm: str):
+    """Rows y `[V, d]` -> (what is coded u `[V, d]` float32, row norms `[V]`, the squared-error
+    scale u -> y `[V]`). With a gain stored apart, u is the direction scaled to unit variance
+    per entry (u = y sqrt(d) / |y|, zero rows stay zero); with norm="none", u = y."""
+    v, d = y.shape
     rownorm = np.linalg.norm(y, axis=1)
     if norm == "none":
-        u = y
-    else:
-        scale = np.sqrt(d) / np.maximum(rownorm, 1e-30)
-        u = np.where(rownorm[:, None] > 0, y * scale[:, None], 0.0)
-    u = u.astype(np.float32)
-    to_y = (np.ones(v) if norm == "none" else rownorm ** 2 / d)   # squared-error scale u -> y
+        return y.astype(np.float32), rownorm, np.ones(v)
+    scale = np.sqrt(d) / np.maximum(rownorm, 1e-30)
+    u = np.where(rownorm[:, None] > 0, y * scale[:, None], 0.0)
+    return u.astype(np.float32), rownorm, rownorm ** 2 / d
+
+
+def row_weights(t: np.ndarray, counts, hidden, opts: VQOptions) -> np.ndarray:
+    """`[V]` float64 weights of the rows' errors in the allocation: counts/sum (equal without
+    counts), mixed with the head's mean predicted probability (prob_weight), + floor/V."""
+    v = len(t)
     w = (np.ones(v) if counts is None else np.asarray(counts, np.float64))
     w = w / max(w.sum(), 1e-30)
-    if prob_weight and hidden is not None:
-        w = (1 - prob_weight) * w + prob_weight * mean_probability(t, hidden)
-    w = w + floor / v
+    if opts.prob_weight and hidden is not None:
+        w = (1 - opts.prob_weight) * w + opts.prob_weight * mean_probability(t, hidden)
+    return w + opts.floor / v
 
-    # 1. a codebook per tier (k-means on a sample of all rows' groups) and its distortion per
-    # entry D_t on that sample. After the rotation every row's (unit-variance) direction looks
-    # alike, so row v's error in tier t is |u_v|^2 D_t in the u frame (|y_v|^2 D_t after the
-    # gain): the allocation needs no coding of every row in every tier.
-    books, dist = [], np.zeros(len(tiers))
+
+def first_codebooks(u: np.ndarray, opts: VQOptions):
+    """A codebook per tier by k-means on all rows' groups of u `[V, d]`, and each tier's
+    relative distortion `[T]` on a sample of rows: (books [(2^b, g)], dist [T]).
+
+    After the rotation every row's (unit-variance) direction looks alike, so row v's error in
+    tier t is |u_v|^2 D_t in the u frame (|y_v|^2 D_t after the gain): the allocation needs no
+    coding of every row in every tier."""
+    v, d = u.shape
+    seed, max_train = opts.seed, opts.max_train
+    books, dist = [], np.zeros(len(opts.tiers))
     rng = np.random.default_rng(seed)
     sample = u[rng.choice(v, min(v, max(1, max_train * 16 // d)), replace=False)]
     energy = float(np.mean(np.sum(sample ** 2, 1)))
-    for k, (g, b) in enumerate(tiers):
-        x = u.reshape(-1, g)
-        books.append(kmeans(x, 2 ** b, seed=seed + 1000 * k, iters=iters, max_train=max_train))
+    for k, (g, b) in enumerate(opts.tiers):
+        books.append(kmeans(u.reshape(-1, g), 2 ** b, seed=seed + 1000 * k, iters=opts.iters,
+                            max_train=max_train))
         _, e = assign(sample.reshape(-1, g), books[-1])
         dist[k] = e.sum() / len(sample) / max(energy, 1e-30)     # relative error of tier k
-    errs = (np.sum(u * u, 1) * to_y)[:, None] * dist[None, :]
-    cost = np.array([(d // g) * b for g, b in tiers], np.float64)
-    if len(tiers) == 1:
-        tier = np.zeros(v, np.uint8)
-        if cost[0] * v > code_budget_bits:
-            raise QuantizeError(f"rate {rate} leaves {code_budget_bits / (v * d):.2f} bits per "
-                                f"entry; tier {tiers[0]} needs {tiers[0][1] / tiers[0][0]:.2f}")
-    else:
-        tier = allocate_tiers(errs, w, cost, code_budget_bits)
+    return books, dist
 
-    # 2. refit each codebook on its own rows, then code them (LDLQ when hidden states are given)
-    hess = None
-    if hidden is not None and head_weight > 0:
-        hd = np.asarray(hidden, np.float64)
-        hd = hd @ rot if rotate else hd
-        hh = hd.T @ hd
-        hess = (1 - head_weight) * np.eye(d) / d + head_weight * hh / np.trace(hh)
-    codes = []
-    for k, (g, b) in enumerate(tiers):
+
+def allocate_tiers(errs: np.ndarray, weight: np.ndarray, tiers, d: int, budget: float,
+                   rate: float) -> np.ndarray:
+    """Tier per row `[V]` uint8 minimising sum_v weight[v] errs[v, t] (errs `[V, T]`) with
+    the rows' code bits within `budget` (`codec.allocate`)."""
+    cost = np.array([(d // g) * b for g, b in tiers], np.float64)      # bits a row
+    v = len(errs)
+    if len(tiers) == 1:
+        if cost[0] * v > budget:
+            raise QuantizeError(f"rate {rate} leaves {budget / (v * d):.2f} bits per entry; "
+                                f"tier {tiers[0]} needs {tiers[0][1] / tiers[0][0]:.2f}")
+        return np.zeros(v, np.uint8)
+    pick = allocate(errs * weight[:, None], cost, budget)
+    if pick is None:
+        raise QuantizeError(f"byte budget below the cheapest tier for every row "
+                            f"({cost.min():.0f} bits a row)")
+    return pick.astype(np.uint8)
+
+
+def code_tiers(u, tier, wy, books, hess, opts: VQOptions):
+    """Per tier: refit its codebook on its rows, then code them -> (books, codes
+    [`[V_t, d/g]` int32]). u `[V, d]`, tier `[V]`, wy `[V]` the rows' error weights."""
+    d = u.shape[1]
+    books, codes = list(books), []
+    for k, (g, _) in enumerate(opts.tiers):
         rows = np.flatnonzero(tier == k)
         if len(rows) == 0:
             codes.append(np.zeros((0, d // g), np.int32))
             continue
-        x = u[rows].reshape(-1, g)
-        if refit_iters:
-            # weighted: each row's groups count by the row's weight times its error scale
-            wx = np.repeat(w[rows] * to_y[rows], d // g) if weighted else None
-            books[k] = kmeans(x, 2 ** b, seed=seed + 1000 * k + 1, iters=refit_iters,
-                              init=books[k], max_train=max_train, weights=wx)
-        if hess is not None:
-            a = ldlq_matrices(hess, g)
-            c, seen = ldlq(u[rows], books[k], a)
-            for r in range(ldlq_rounds - 1):
-                # the codebook refit on what LDLQ rounds (rows with earlier errors fed back,
-                # wider than u), then LDLQ again
-                wx = np.repeat(w[rows] * to_y[rows], d // g) if weighted else None
-                books[k] = kmeans(seen.reshape(-1, g), 2 ** b, seed=seed + 1000 * k + 2 + r,
-                                  iters=refit_iters, init=books[k], max_train=max_train, weights=wx)
-                c, seen = ldlq(u[rows], books[k], a)
-            codes.append(c)
-        else:
-            codes.append(assign(x, books[k])[0].reshape(len(rows), d // g))
+        books[k], c = code_tier(k, u[rows], wy[rows], books[k], hess, opts)
+        codes.append(c)
+    return books, codes
 
-    # 3. gains: per row, from the coded direction q
-    gains, grange = None, None
-    if norm != "none":
-        q = np.zeros_like(u)
-        for k, (g, b) in enumerate(tiers):
-            rows = np.flatnonzero(tier == k)
-            q[rows] = books[k][codes[k]].reshape(len(rows), d)
-        qq = np.sum(q * q, 1)
-        if gain == "norm":
-            raw = rownorm / np.sqrt(np.maximum(qq, 1e-30))
-        elif gain == "hls" and hess is not None:     # least squares in the H metric
-            qh = q @ hess.astype(np.float32)
-            qq = np.sum(qh * q, 1)
-            raw = np.sum(qh * y, 1) / np.maximum(qq, 1e-30)
-        else:
-            raw = np.sum(y * q, 1) / np.maximum(qq, 1e-30)
-        raw = np.where((qq > 0) & (rownorm > 0), np.maximum(raw, 0.0), 0.0)
-        gains, grange = store_gain(raw, norm)
-        if refine_steps and hidden is not None:
-            books, raw = refine(t, mean, rot, tier, codes, books, raw, np.asarray(hidden),
-                                steps=refine_steps, lr=refine_lr, seed=seed)
-            gains, grange = store_gain(raw, norm)
-    emb = VQEmbedding(tier, codes, books, tiers, gains, d, gain_mode=norm, gain_range=grange,
-                      mean=mean, seed=seed, rotate=rotate,
-                      meta={"tiers": [list(x) for x in tiers], "norm": norm, "gain": gain,
-                            "head_weight": head_weight if hess is not None else 0.0})
-    assert emb.storage_bytes() <= budget, (emb.storage_bytes(), budget)
-    return emb
+
+def code_tier(k: int, u: np.ndarray, wy: np.ndarray, book: np.ndarray, hess, opts: VQOptions):
+    """Tier k's rows u `[n, d]` -> (its codebook `[2^b, g]`, codes `[n, d/g]` int32): k-means
+    refit, then nearest codes, or LDLQ rounds against hess `[d, d]` when given."""
+    g, b = opts.tiers[k]
+    n, d = u.shape
+    seed = opts.seed + 1000 * k
+    # weighted: each row's groups count by the row's weight times its error scale
+    wx = np.repeat(wy, d // g) if opts.weighted else None
+
+    def refit(x, book, seed):
+        return kmeans(x, 2 ** b, seed=seed, iters=opts.refit_iters, init=book,
+                      max_train=opts.max_train, weights=wx)
+
+    if opts.refit_iters:
+        book = refit(u.reshape(-1, g), book, seed + 1)
+    if hess is None:
+        return book, assign(u.reshape(-1, g), book)[0].reshape(n, d // g)
+    a = ldlq_matrices(hess, g)
+    c, seen = ldlq(u, book, a)
+    for r in range(opts.ldlq_rounds - 1):
+        # the codebook refit on what LDLQ rounds (rows with earlier errors fed back, wider
+        # than u), then LDLQ again
+        book = refit(seen.reshape(-1, g), book, seed + 2 + r)
+        c, seen = ldlq(u, book, a)
+    return book, c
+
+
+def decode_directions(books, codes, tier, d: int) -> np.ndarray:
+    """The coded rows q `[V, d]` float32 (u's frame) from each tier's codebook and codes."""
+    q = np.zeros((len(tier), d), np.float32)
+    for k, (book, c) in enumerate(zip(books, codes)):
+        rows = np.flatnonzero(tier == k)
+        q[rows] = book[c].reshape(len(rows), d)
+    return q
+
+
+def fit_gains(y, rownorm, q, hess, how: str) -> np.ndarray:
+    """Each row's gain `[V]` >= 0 mapping its coded direction q `[V, d]` back to y `[V, d]`:
+    "norm" keeps |y_v|, "ls" least squares, "hls" least squares in the H metric (with hess;
+    else "ls"). 0 for a zero row or a zero code."""
+    qq = np.sum(q * q, 1)
+    if how == "norm":
+        raw = rownorm / np.sqrt(np.maximum(qq, 1e-30))
+    elif how == "hls" and hess is not None:
+        qh = q @ hess.astype(np.float32)
+        qq = np.sum(qh * q, 1)
+        raw = np.sum(qh * y, 1) / np.maximum(qq, 1e-30)
+    else:
+        raw = np.sum(y * q, 1) / np.maximum(qq, 1e-30)
+    return np.where((qq > 0) & (rownorm > 0), np.maximum(raw, 0.0), 0.0)
 
 
 @jax.jit
@@ -597,8 +576,8 @@ def mean_probability(table, hidden, rows: int = 512) -> np.ndarray:
     live = (np.arange(len(hid)) < n).astype(np.float32)
     total = np.zeros(tab.shape[0])
     for i in range(0, len(hid), rows):
-        total += np.asarray(_prob_sum(jnp.asarray(hid[i:i + rows]), jnp.asarray(live[i:i + rows]),
-                                      tab))
+        total += np.asarray(_prob_sum(jnp.asarray(hid[i:i + rows]),
+                                      jnp.asarray(live[i:i + rows]), tab))
     return total / max(n, 1)
 
 
@@ -608,7 +587,6 @@ def refine(table, mean, rot, tier, codes, books, gain, hidden, *, steps: int, lr
     """Output-aware refinement with the codes fixed: Adam on the codebooks and the log gains
     minimising KL(softmax(h E^T) || softmax(h E_hat^T)) over batches of calibration hidden
     states h (the tied head's logits). Returns (books fp16-exact, gains float32)."""
-    import optax
     v, d = table.shape
     h = jnp.asarray(hidden, jnp.float32)
     hr = h @ jnp.asarray(rot) if rot is not None else h
@@ -651,20 +629,13 @@ def refine(table, mean, rot, tier, codes, books, gain, hidden, *, steps: int, lr
 
 
 # ----------------------------------------------------------------------------- registered method
-OPTIONS = ("tiers", "norm", "gain", "center", "rotate", "floor", "head_weight", "iters",
-           "refit_iters", "weighted", "ldlq_rounds", "refine_steps", "refine_lr", "max_train",
-           "prob_weight")
-
-
 def check_options(options: dict) -> None:
-    """ConfigError on an option `vq` does not know (judged before any model loads)."""
-    stray = sorted(set(options) - set(OPTIONS) - {"seed"})
-    if stray:
-        raise ConfigError(f"unknown option(s) for method 'vq': {', '.join(stray)} "
-                          f"(known: counts, hidden, seed, {', '.join(OPTIONS)})")
+    """ConfigError on an option `vq` does not know or a value it refuses (`RULES`), judged
+    before any model loads."""
+    VQOptions.checked(options)
 
 
-def vq_method(table, *, rate=None, rank=None, seed: int = 0, counts=None, hidden=None,
+def vq_method(table, *, rate=None, rank=None, counts=None, hidden=None,
               **options) -> VQEmbedding:
     """`compress(table, rate=r, method="vq", counts=[V], hidden=[N, d])`: tiered vector codes
     (see the module docstring); counts and hidden are optional calibration."""
@@ -672,12 +643,5 @@ def vq_method(table, *, rate=None, rank=None, seed: int = 0, counts=None, hidden
         raise ConfigError("method vq takes a rate (bytes), not a rank")
     check_options(options)
     v, d = np.shape(table)
-    if counts is not None:
-        counts = np.asarray(counts, np.float64)
-        if counts.shape != (v,) or np.any(counts < 0):
-            raise DataError(f"counts must be [V={v}] non-negative, got {counts.shape}")
-    if hidden is not None:
-        hidden = np.asarray(hidden, np.float32)
-        if hidden.ndim != 2 or hidden.shape[1] != d or not np.all(np.isfinite(hidden)):
-            raise DataError(f"hidden must be finite [N, d={d}], got {hidden.shape}")
-    return vq(table, rate=rate, seed=seed, counts=counts, hidden=hidden, **options)
+    return vq(table, rate=rate, counts=check_counts(counts, v), hidden=check_hidden(hidden, d),
+              **options)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
@@ -67,19 +68,42 @@ def eval_order(lengths: np.ndarray, batch: int) -> list[np.ndarray]:
     return [order[i:i + batch] for i in range(0, len(order), batch)]
 
 
-def jit_on_model(fn, model):
-    """(jitted fn(state, *arrays), state) for `fn(graphdef, state, *arrays)` on `model`.
+def compute_state(state, compute_dtype="float32"):
+    """`state` with its wider floating arrays (fp32) cast to `compute_dtype` (bfloat16): the
+    parameters every matmul of an evaluation reads. "float32" (the default) keeps the state as
+    loaded, in whatever dtype it was loaded. Integer arrays (codes) and half-width floats
+    (fp16 codebooks, scales) are kept: a head converts them as it decodes.
+
+    Made once per evaluation, outside jit: a copy at half the fp32 bytes, where casting inside
+    the jitted step would read every fp32 weight and write its bf16 copy again on every batch
+    (XLA:CPU's matmul kernels do not fuse the convert)."""
+    dtype = jnp.dtype(compute_dtype)
+    if dtype == jnp.float32:
+        return state
+
+    def cast(x):
+        wide = jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize > dtype.itemsize
+        return x.astype(dtype) if wide else x
+    return jax.tree.map(cast, state)
+
+
+def jit_on_model(fn, model, compute_dtype="float32"):
+    """(jitted fn(state, *arrays), state) for `fn(graphdef, state, *arrays)` on `model`, its
+    state cast to `compute_dtype` (`compute_state`).
 
     The graph definition is closed over rather than a static argument: a module may hold
     unhashable static data (e.g. a dict of metrics), and one evaluation is one compile anyway.
     """
     graphdef, state = nnx.split(model)
-    return jax.jit(lambda st, *arrays: fn(graphdef, st, *arrays)), state
+    return (jax.jit(lambda st, *arrays: fn(graphdef, st, *arrays)),
+            compute_state(state, compute_dtype))
 
 
-def run_batches(fn, model, arrays, batch_size: int, desc: str, progress: bool) -> np.ndarray:
-    """fn(graphdef, state, *batch) -> [B] over rows of `arrays`, padding the last batch."""
-    step, state = jit_on_model(fn, model)
+def run_batches(fn, model, arrays, batch_size: int, desc: str, progress: bool,
+                compute_dtype="float32") -> np.ndarray:
+    """fn(graphdef, state, *batch) -> [B] over rows of `arrays`, padding the last batch; the
+    model's state cast to `compute_dtype` once."""
+    step, state = jit_on_model(fn, model, compute_dtype)
     n = len(arrays[0])
     out = []
     for start in tqdm(range(0, n, batch_size), desc=desc, leave=False, disable=not progress):

@@ -111,16 +111,17 @@ def _causal_nll(graphdef, state, tokens, mask, weights, chunk=CHUNK):
 
 def causal_perplexity(model, ids, *, max_length: int = 512, stride: int | None = None,
                       batch_size: int = 4, progress: bool = True, chunk: int | None = CHUNK,
-                      bos_id: int | None = None) -> dict:
+                      bos_id: int | None = None, compute_dtype: str = "float32") -> dict:
     """Sliding-window perplexity of a causal LM over the token stream `ids [N]`; the vocabulary
     is scored `chunk` rows at a time (None: the full `[B, T, V]` logits); `bos_id`: every
-    window starts with this BOS token."""
+    window starts with this BOS token; `compute_dtype` "bfloat16": bf16 matmul operands
+    (`batching.compute_state`), fp32 sums, norms, softmax and loss."""
     ids = np.asarray(ids, np.int32)
     if len(ids) < 2:
         raise DataError(f"need at least 2 tokens to measure perplexity, got {len(ids)}")
     tokens, mask, weights = window_arrays(ids, max_length, stride or max_length, bos_id)
     sums = run_batches(functools.partial(_causal_nll, chunk=chunk), model,
-                       (tokens, mask, weights), batch_size, "perplexity", progress)
+                       (tokens, mask, weights), batch_size, "perplexity", progress, compute_dtype)
     count = int(weights[:, 1:].sum())
     nll = float(sums.sum() / count)
     return {"ppl": math.exp(nll), "nll": nll, "tokens": count}
@@ -192,7 +193,10 @@ def mask_lines(tokenizer, lines: list[str], *, probability: float = 0.15, min_to
 def _masked_nll(graphdef, state, tokens, mask, labels):
     """Summed NLL `[B]` of the original tokens at the masked positions (labels >= 0)."""
     model = nnx.merge(graphdef, state)
-    logits = model(tokens, attention_mask=mask).astype(jnp.float32)          # [B, T, V]
+    if hasattr(model, "mlm_logits"):     # fp32 logits, whatever the compute dtype
+        logits = model.mlm_logits(model.encode(tokens, attention_mask=mask))  # [B, T, V]
+    else:   # any other callable masked LM: ids -> logits [B, T, V]
+        logits = model(tokens, attention_mask=mask).astype(jnp.float32)
     target = jnp.maximum(labels, 0)
     nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(
         logits, target[..., None], axis=-1)[..., 0]
@@ -200,11 +204,12 @@ def _masked_nll(graphdef, state, tokens, mask, labels):
 
 
 def mlm_perplexity(model, examples: list[MaskedExample], *, batch_size: int = 8,
-                   progress: bool = True) -> dict:
-    """exp(mean NLL over all masked tokens) of a masked LM on whole-word-masked examples."""
+                   progress: bool = True, compute_dtype: str = "float32") -> dict:
+    """exp(mean NLL over all masked tokens) of a masked LM on whole-word-masked examples
+    (`compute_dtype` as in `causal_perplexity`)."""
     if not examples:
         raise DataError("no line is long enough for masked-LM evaluation")
-    step, state = jit_on_model(_masked_nll, model)
+    step, state = jit_on_model(_masked_nll, model, compute_dtype)
     total, count = 0.0, 0
     batches = list(bucket_batches([len(e.input_ids) for e in examples], batch_size))
     for idx, length in tqdm(batches, desc="mlm perplexity", leave=False, disable=not progress):

@@ -25,7 +25,11 @@ def softcap(model):
 
 def token_nll(model, h: jax.Array, targets: jax.Array, chunk: int | None = CHUNK) -> jax.Array:
     """-log p(targets) `[...]` (fp32) from final hidden states `h [..., d]` through the model's
-    output head (`model.out_embedding`). chunk=None (or >= V): the full-logit path."""
+    output head (`model.out_embedding`). chunk=None (or >= V): the full-logit path.
+
+    h may be bf16 (compute_dtype): the logits come back in fp32 (`attend_chunk`), and the
+    log-sum-exp, the target's logit and the loss are fp32, so bf16 rounds only what goes into
+    the head's matmuls."""
     emb, cap = model.out_embedding, softcap(model)
 
     def capped(logits):
@@ -34,22 +38,28 @@ def token_nll(model, h: jax.Array, targets: jax.Array, chunk: int | None = CHUNK
 
     v = emb.vocab_size
     if chunk is None or chunk >= v:
-        logits = capped(emb.attend(h))
+        logits = capped(attend_chunk(emb, h, 0, v))
         return jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(
             logits, targets[..., None], axis=-1)[..., 0]
-    first = jnp.arange(chunk)
 
-    def fold(carry, i):
+    def fold(carry, logits):
+        """(running max, sum of exp(logit - max)) `[...]` each, with one slice's logits."""
         m, s = carry
-        start = jnp.minimum(i * chunk, v - chunk)   # the last slice ends at V (overlapping)
-        logits = capped(attend_chunk(emb, h, start, chunk))
-        # columns an earlier slice already counted (the last slice's overlap) are left out
-        logits = jnp.where(start + first >= i * chunk, logits, -jnp.inf)
         m_new = jnp.maximum(m, logits.max(axis=-1))
-        s = s * jnp.exp(m - m_new) + jnp.exp(logits - m_new[..., None]).sum(axis=-1)
-        return (m_new, s), None
+        return m_new, s * jnp.exp(m - m_new) + jnp.exp(logits - m_new[..., None]).sum(axis=-1)
+
+    # whole slices in a scan, then the remainder as one static slice: no slice overlaps
+    # another, so no column is scored twice or needs masking
+    whole, rest = divmod(v, chunk)
+
+    def step(carry, start):
+        return fold(carry, capped(attend_chunk(emb, h, start, chunk))), None
 
     init = (jnp.full(h.shape[:-1], -jnp.inf, jnp.float32), jnp.zeros(h.shape[:-1], jnp.float32))
-    (m, s), _ = jax.lax.scan(fold, init, jnp.arange(-(-v // chunk)))
-    target = capped((h * emb(targets).astype(h.dtype)).sum(axis=-1))
-    return m + jnp.log(s) - target
+    carry, _ = jax.lax.scan(step, init, jnp.arange(whole) * chunk)
+    if rest:
+        carry = fold(carry, capped(attend_chunk(emb, h, v - rest, rest)))
+    m, s = carry
+    # the target's logit from its row, rounded as the head's operands are, summed in fp32
+    row = emb(targets).astype(h.dtype).astype(jnp.float32)
+    return m + jnp.log(s) - capped((h.astype(jnp.float32) * row).sum(axis=-1))

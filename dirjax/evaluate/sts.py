@@ -23,11 +23,13 @@ def _mean_pooled(graphdef, state, tokens, mask):
 
 
 def sentence_embeddings(model, tokenizer, sentences: list[str], *, batch_size: int = 32,
-                        max_length: int = 128, progress: bool = True) -> tuple[np.ndarray, int]:
-    """Mean-pooled embeddings `[N, d]` of `sentences` and the number of tokens encoded."""
+                        max_length: int = 128, progress: bool = True,
+                        compute_dtype: str = "float32") -> tuple[np.ndarray, int]:
+    """Mean-pooled embeddings `[N, d]` (fp32) of `sentences` and the number of tokens encoded;
+    `compute_dtype` "bfloat16": bf16 matmul operands, fp32 sums and norms, pooled in fp32."""
     ids = tokenizer(list(sentences), add_special_tokens=True, truncation=True,
                     max_length=max_length)["input_ids"]
-    step, state = jit_on_model(_mean_pooled, model)
+    step, state = jit_on_model(_mean_pooled, model, compute_dtype)
     out: list[np.ndarray | None] = [None] * len(ids)
     batches = list(bucket_batches([len(x) for x in ids], batch_size))
     for idx, length in tqdm(batches, desc="embeddings", leave=False, disable=not progress):
@@ -48,7 +50,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def sts_spearman(model, tokenizer, pairs, *, batch_size: int = 32, max_length: int = 128,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, compute_dtype: str = "float32") -> dict:
     """{"spearman": rho in [-1, 1], "pairs": N, "tokens": tokens encoded} on `SentencePairs`."""
     from scipy.stats import spearmanr
 
@@ -57,7 +59,7 @@ def sts_spearman(model, tokenizer, pairs, *, batch_size: int = 32, max_length: i
     # embed all sentences in one pass: the shared length buckets compile once
     emb, tokens = sentence_embeddings(model, tokenizer, pairs.sentence1 + pairs.sentence2,
                                       batch_size=batch_size, max_length=max_length,
-                                      progress=progress)
+                                      progress=progress, compute_dtype=compute_dtype)
     n = len(pairs)
     sims = cosine(emb[:n], emb[n:])
     rho = spearmanr(sims, np.asarray(pairs.score)).statistic

@@ -10,18 +10,19 @@ Without an MLM head `out_embedding` is None and calling the model raises a Confi
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+import os
 from functools import partial
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from dirjax.embedding import Embedding
+from dirjax.embedding import Embedding, attend_chunk
 from dirjax.errors import ConfigError, WeightsError
-from dirjax.models.weights import build_filled, load_tokenizer, read_safetensors, take
+from dirjax.models.weights import check_loaded, load_tokenizer, read_config, read_safetensors, take
 
 NEG_INF = -1e9  # additive mask: exp(NEG_INF - max) is exactly 0 in fp32, and never NaN
 
@@ -57,9 +58,11 @@ class BertConfig:
                               "is not supported (only 'absolute')")
         act = c.get("hidden_act", "gelu")
         if act not in ACTIVATIONS:
-            raise ConfigError(f"BERT hidden_act {act!r} is not supported ({', '.join(ACTIVATIONS)})")
+            raise ConfigError(
+                f"BERT hidden_act {act!r} is not supported ({', '.join(ACTIVATIONS)})")
         return cls(vocab_size=c["vocab_size"], hidden_size=c.get("hidden_size", 768),
-                   num_layers=c.get("num_hidden_layers", 12), num_heads=c.get("num_attention_heads", 12),
+                   num_layers=c.get("num_hidden_layers", 12),
+                   num_heads=c.get("num_attention_heads", 12),
                    intermediate_size=c.get("intermediate_size", 3072),
                    max_positions=c.get("max_position_embeddings", 512),
                    type_vocab_size=c.get("type_vocab_size", 2),
@@ -76,16 +79,28 @@ def attention_bias(mask: jax.Array | None, t: int) -> jax.Array:
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
-    """Scaled dot-product attention, softmax in fp32. q, k, v `[B, T, H, dh]` -> `[B, T, H, dh]`."""
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    scores = scores / math.sqrt(q.shape[-1])
+    """Scaled dot-product attention, softmax in fp32. q, k, v `[B, T, H, dh]` -> `[B, T, H, dh]`.
+    The scale goes on q, so that XLA:CPU runs both products, the bias and the softmax as one
+    fused kernel (a scale on the [T, T] scores is a pass of its own); both sum in fp32."""
+    q = (q * (1.0 / math.sqrt(q.shape[-1]))).transpose(0, 2, 1, 3)           # [B, H, T, dh]
+    scores = jnp.einsum("bhqd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(scores + bias, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    y = jnp.einsum("bhqk,bkhd->bhqd", probs, v, preferred_element_type=jnp.float32)
+    return y.astype(v.dtype).transpose(0, 2, 1, 3)
+
+
+def dot_f32(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
+    """nnx.Linear's product, summed in fp32 whatever the operands (bf16 ones run at the matrix
+    units' rate; a bf16 -> bf16 product falls to XLA:CPU's slow path), returned in the
+    activations' dtype."""
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=jnp.float32, **kw).astype(lhs.dtype)
 
 
 def _linear(n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
     # kernel [in, out]: HF's nn.Linear weights are [out, in] and load transposed
-    return nnx.Linear(n_in, n_out, kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
+    return nnx.Linear(n_in, n_out, kernel_init=nnx.initializers.normal(0.02), rngs=rngs,
+                      dot_general=dot_f32)
 
 
 def _layer_norm(d: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -130,7 +145,8 @@ class Layer(nnx.Module):
 
 
 class Bert(nnx.Module):
-    """BERT encoder with optional pooler and MLM head. `embedding` (word embeddings) is swappable."""
+    """BERT encoder with optional pooler and MLM head. `embedding` (word embeddings) is
+    swappable."""
 
     objective = "masked"   # what its LM head predicts (causal models: "causal")
 
@@ -174,34 +190,58 @@ class Bert(nnx.Module):
         return x
 
     def pool(self, h: jax.Array) -> jax.Array:
-        """HF pooler output `[B, d]`: tanh(dense(h[:, 0])) of the [CLS] position of h `[B, T, d]`."""
+        """HF pooler output `[B, d]`: tanh(dense(h[:, 0])) of the [CLS] position of h
+        `[B, T, d]`."""
         if self.pooler is None:
             raise ConfigError("this BERT checkpoint has no pooler (BertForMaskedLM)")
         return jnp.tanh(self.pooler(h[:, 0]))
 
+    def mlm_logits(self, h: jax.Array) -> jax.Array:
+        """Masked-LM logits `[B, T, V]` in fp32 from the encoder's hidden states h `[B, T, d]`
+        (transform, tied decoder, bias): a scorer's log-sum-exp reads them unrounded whatever
+        the compute dtype."""
+        self._require_mlm_head()
+        h = self.mlm_ln(ACTIVATIONS[self.config.activation](self.mlm_dense(h)))
+        logits = attend_chunk(self.out_embedding, h, 0, self.out_embedding.vocab_size)
+        return logits + self.mlm_bias[...].astype(jnp.float32)
+
     def __call__(self, ids: jax.Array, attention_mask: jax.Array | None = None,
                  token_type_ids: jax.Array | None = None) -> jax.Array:
-        """Masked-LM logits `[B, T, V]`."""
+        """Masked-LM logits `[B, T, V]` in the activations' dtype."""
+        self._require_mlm_head()
+        h = self.encode(ids, attention_mask, token_type_ids)
+        return self.mlm_logits(h).astype(h.dtype)
+
+    def _require_mlm_head(self) -> None:
         if self.out_embedding is None:
             raise ConfigError("this BERT checkpoint has no MLM head (a BertModel): use encode() "
                               "for hidden states, or a BertForMaskedLM checkpoint for logits")
-        h = self.encode(ids, attention_mask, token_type_ids)
-        h = self.mlm_ln(ACTIVATIONS[self.config.activation](self.mlm_dense(h)))
-        return self.out_embedding.attend(h) + self.mlm_bias[...].astype(h.dtype)
 
 
 # ----------------------------------------------------------------------------- loading
 
-PREFIXES = ("bert.", "")  # BertForMaskedLM / BertForPreTraining keys, then BertModel's
+# Hugging Face tensor names, read by `from_state`. The body's are `<prefix><name>` with the
+# first prefix the checkpoint has: BertForMaskedLM / BertForPreTraining keys, then BertModel's.
+# An untied MLM decoder is one of HEADS (full names).
+PREFIXES = ("bert.", "")
+EMBEDDING = "embeddings.word_embeddings.weight"     # the word embedding [V, d]
+HEADS = ("cls.predictions.decoder.weight",)         # an untied MLM decoder [V, d]
+POOLER = "pooler.dense"                             # BertModel's, under a prefix
+MLM = "cls.predictions."                            # the MLM head's tensors, full names
 
 
-def load_hf_state(model: Bert, state: dict) -> None:
-    """Copy a Hugging Face state dict into `model`, asserting every shape.
+def from_state(config: BertConfig, state: dict[str, np.ndarray], dtype=None) -> Bert:
+    """Build a Bert from Hugging Face-named tensors (each shape-checked) in `dtype` (fp32).
 
-    nn.Linear weights are stored [out, in] and are transposed into nnx.Linear's [in, out] kernel.
+    nn.Linear weights are stored [out, in] and are transposed into nnx.Linear's [in, out]
+    kernel. The module tree is built under `nnx.eval_shape` (no random weights allocated),
+    then every parameter is filled from `state` and asserted filled.
     """
-    def put(param: nnx.Param, name: str, transpose: bool = False):
-        param.set_value(jnp.asarray(take(state, name, param.shape, transpose, PREFIXES)))
+    model = nnx.eval_shape(lambda: Bert(config, rngs=nnx.Rngs(0)))
+    dtype = dtype or jnp.float32
+
+    def put(param: nnx.Param, name: str, transpose: bool = False, prefixes=PREFIXES):
+        param.set_value(jnp.asarray(take(state, name, param.shape, transpose, prefixes), dtype))
 
     def put_norm(ln: nnx.LayerNorm, name: str):
         put(ln.scale, name + ".weight")
@@ -211,7 +251,7 @@ def load_hf_state(model: Bert, state: dict) -> None:
         put(lin.kernel, name + ".weight", transpose=True)
         put(lin.bias, name + ".bias")
 
-    put(model.embedding.weight, "embeddings.word_embeddings.weight")
+    put(model.embedding.weight, EMBEDDING)
     put(model.position, "embeddings.position_embeddings.weight")
     put(model.token_type, "embeddings.token_type_embeddings.weight")
     put_norm(model.embed_ln, "embeddings.LayerNorm")
@@ -226,28 +266,34 @@ def load_hf_state(model: Bert, state: dict) -> None:
         put_linear(layer.output, p + "output.dense")
         put_norm(layer.ln, p + "output.LayerNorm")
     if model.pooler is not None:
-        put_linear(model.pooler, "pooler.dense")
+        put_linear(model.pooler, POOLER)
     if model.out_embedding is not None:
-        put_linear(model.mlm_dense, "cls.predictions.transform.dense")
-        put_norm(model.mlm_ln, "cls.predictions.transform.LayerNorm")
+        put_linear(model.mlm_dense, MLM + "transform.dense")
+        put_norm(model.mlm_ln, MLM + "transform.LayerNorm")
         # the decoder's bias is shared with cls.predictions.bias; v5 saves only the latter
-        bias = "cls.predictions.bias"
-        put(model.mlm_bias, bias if bias in state else "cls.predictions.decoder.bias")
+        bias = MLM + "bias"
+        put(model.mlm_bias, bias if bias in state else MLM + "decoder.bias")
         if not model.tied:
-            put(model.out_embedding.weight, "cls.predictions.decoder.weight")
+            head = next((n for n in HEADS if n in state), HEADS[0])
+            put(model.out_embedding.weight, head, prefixes=("",))
     n = len(model.layers)
     if any(p + f"encoder.layer.{n}.output.dense.weight" in state for p in PREFIXES):
         raise WeightsError(f"checkpoint has more layers than its config's num_hidden_layers={n}")
+    check_loaded(model)
+    return model
 
 
-def from_hf_dir(path, dtype=None):
-    """`(Bert, tokenizer)` from a Hugging Face directory; parameters fp32 unless `dtype`."""
-    path = Path(path)
-    state = read_safetensors(path)
+def from_hf_state(config: dict, state: dict[str, np.ndarray], dtype=None) -> Bert:
+    """A Bert from a Hugging Face config.json dict and its tensors (see `from_state`); which
+    heads it has (pooler, MLM) is read off the tensors' names."""
     config = BertConfig.from_hf(
-        json.loads((path / "config.json").read_text()),
-        pooler=any(p + "pooler.dense.weight" in state for p in PREFIXES),
-        mlm_head="cls.predictions.transform.dense.weight" in state)
-    model = build_filled(lambda: Bert(config, rngs=nnx.Rngs(0)),
-                         lambda m: load_hf_state(m, state), dtype)
-    return model, load_tokenizer(path, default_class="BertTokenizer")
+        config, pooler=any(p + POOLER + ".weight" in state for p in PREFIXES),
+        mlm_head=MLM + "transform.dense.weight" in state)
+    return from_state(config, state, dtype)
+
+
+def from_hf_dir(path: str | os.PathLike, dtype=None, tokenizer: Path | None = None):
+    """`(Bert, tokenizer)` from a Hugging Face directory; parameters fp32 unless `dtype`; the
+    tokenizer of the directory `tokenizer` when given, else the checkpoint's."""
+    model = from_hf_state(read_config(path), read_safetensors(path), dtype)
+    return model, load_tokenizer(tokenizer or path, default_class="BertTokenizer")

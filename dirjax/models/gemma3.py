@@ -22,7 +22,6 @@ dirjax/models/generate.py), sliding layers masking the cache slots outside their
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -35,8 +34,10 @@ from flax import nnx
 
 from dirjax.embedding import Embedding
 from dirjax.errors import WeightsError
-from dirjax.models.generate import KVCache, greedy  # noqa: F401  (re-exported: gemma3.greedy)
-from dirjax.models.weights import load_tokenizer, read_safetensors, take
+from dirjax.models.generate import KVCache, at_last
+from dirjax.models.gguf import gguf_tokenizer, read_gguf
+from dirjax.models.llama import attention  # grouped-query, scores laid out for the softmax
+from dirjax.models.weights import load_tokenizer, read_config, read_safetensors, take
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 
@@ -132,7 +133,9 @@ class Linear(nnx.Module):
         self.kernel = nnx.Param(kernel)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return x @ self.kernel[...]
+        # summed in fp32 whatever the operands (bf16 ones run at the matrix units' rate; a
+        # bf16 -> bf16 product falls to XLA:CPU's slow path), returned in the activations' dtype
+        return jnp.matmul(x, self.kernel[...], preferred_element_type=jnp.float32).astype(x.dtype)
 
 
 class RMSNorm(nnx.Module):
@@ -192,7 +195,7 @@ class Attention(nnx.Module):
         if cache is not None:
             kv, layer = cache
             kv, k, v = kv.update(layer, k, v)
-        y = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=self.scale)
+        y = attention(q, k, v, mask, self.scale)
         y = self.o_proj(y.reshape(B, T, self.num_heads * self.head_dim))
         return y if cache is None else (y, kv)
 
@@ -255,10 +258,12 @@ class Gemma3(nnx.Module):
         self.tied = out_embedding is None
         self.out_embedding = embedding if out_embedding is None else out_embedding
 
-    def embed(self, ids: jax.Array) -> jax.Array:
+    def embed(self, ids: jax.Array, dtype=None) -> jax.Array:
         """ids [B, T] -> the embedding's rows times sqrt(d) [B, T, d]; the scale is rounded to
-        the activations' dtype first, as transformers does (bf16: sqrt(640) -> 25.25)."""
+        the activations' dtype first, as transformers does (bf16: sqrt(640) -> 25.25). `dtype`:
+        the rows cast to it first (a compressed table decodes fp32 rows)."""
         x = self.embedding(ids)
+        x = x if dtype is None else x.astype(dtype)
         return x * jnp.asarray(math.sqrt(self.config.hidden_size), jnp.float32).astype(x.dtype)
 
     def logits(self, h: jax.Array) -> jax.Array:
@@ -298,7 +303,8 @@ class Gemma3(nnx.Module):
         return KVCache.init(c.num_layers, batch, max_len, c.num_kv_heads, c.head_dim, dtype)
 
     def decode(self, ids: jax.Array, cache: KVCache, positions: jax.Array,
-               attention_mask: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+               attention_mask: jax.Array | None = None,
+               last: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
         """ids [B, T] at positions [B, T], written into the cache's next T slots
         (attention_mask [B, T] 0: padding) -> (next-token logits [B, T, V], cache)."""
         c = self.config
@@ -310,22 +316,26 @@ class Gemma3(nnx.Module):
                       for t in rope_tables(c.rope_local_theta, 1.0, c.head_dim, cache.max_len)]
         cache = cache.fill(positions, attention_mask)
         full_mask, sliding_mask = cache.mask(positions), cache.mask(positions, c.sliding_window)
-        x = self.embed(ids)
+        # in the parameters' dtype: a bf16 model with a compressed table decodes in bf16
+        x = self.embed(ids, self.norm.weight[...].dtype)
         for i, block in enumerate(self.blocks):
             if block.sliding:
                 x, cache = block(x, *local_rope, sliding_mask, (cache, i))
             else:
                 x, cache = block(x, *full_rope, full_mask, (cache, i))
-        return self.logits(self.norm(x)), cache.advance(ids.shape[1])
+        return self.logits(at_last(self.norm(x), last)), cache.advance(ids.shape[1])
 
 
 # ----------------------------------------------------------------------------- loading
 
-# Gemma3ForCausalLM nests the body under `model.`; the multimodal Gemma3ForConditionalGeneration
-# under `model.language_model.` (transformers v5) or `language_model.model.` (v4); Gemma3TextModel
-# under nothing.
+# Hugging Face tensor names, read by `from_state` and written by dirjax.saved.export_hf. The
+# body's are `<prefix><name>` with the first prefix the checkpoint has: Gemma3ForCausalLM nests
+# the body under `model.`; the multimodal Gemma3ForConditionalGeneration under
+# `model.language_model.` (transformers v5) or `language_model.model.` (v4); Gemma3TextModel
+# under nothing. An untied head is one of HEADS (full names).
 PREFIXES = ("model.", "model.language_model.", "language_model.model.", "")
-HEAD_PREFIXES = ("", "language_model.")
+EMBEDDING = "embed_tokens.weight"                           # the token embedding [V, d]
+HEADS = ("lm_head.weight", "language_model.lm_head.weight")  # an untied LM head [V, d]
 
 
 def from_state(config: Gemma3Config, state: dict[str, np.ndarray], dtype=None) -> Gemma3:
@@ -357,30 +367,33 @@ def from_state(config: Gemma3Config, state: dict[str, np.ndarray], dtype=None) -
                             norm(p + "post_attention_layernorm"),
                             norm(p + "pre_feedforward_layernorm"), mlp,
                             norm(p + "post_feedforward_layernorm")))
-    embedding = Embedding(param("embed_tokens.weight", (c.vocab_size, d)))
+    embedding = Embedding(param(EMBEDDING, (c.vocab_size, d)))
     # tied unless the config unties the head and the checkpoint has its own lm_head
-    head_name = next((p + "lm_head.weight" for p in HEAD_PREFIXES if p + "lm_head.weight" in state),
-                     None)
+    head_name = next((n for n in HEADS if n in state), None)
     tied = c.tie_word_embeddings or head_name is None
     head = None if tied else Embedding(param(head_name, (c.vocab_size, d), prefixes=("",)))
     return Gemma3(c, embedding, blocks, norm("norm"), head)
 
 
-def from_hf_dir(path: str | os.PathLike, dtype=None):
-    """(Gemma3, tokenizer) from a Hugging Face directory: config.json, *.safetensors, tokenizer.
-    A multimodal Gemma3ForConditionalGeneration checkpoint gives its text decoder."""
-    path = Path(path)
-    config = Gemma3Config.from_hf(json.loads((path / "config.json").read_text()))
+def from_hf_state(config: dict, state: dict[str, np.ndarray], dtype=None) -> Gemma3:
+    """A Gemma3 from a Hugging Face config.json dict and its tensors (see `from_state`)."""
+    return from_state(Gemma3Config.from_hf(config), state, dtype)
+
+
+def from_hf_dir(path: str | os.PathLike, dtype=None, tokenizer: Path | None = None):
+    """(Gemma3, tokenizer) from a Hugging Face directory: config.json, *.safetensors, tokenizer
+    (that of the directory `tokenizer` when given). A multimodal
+    Gemma3ForConditionalGeneration checkpoint gives its text decoder."""
+    config = Gemma3Config.from_hf(read_config(path))
     model = from_state(config, read_safetensors(path), dtype)
-    return model, load_tokenizer(path)
+    return model, load_tokenizer(tokenizer or path)
 
 
-def from_gguf(path: str | os.PathLike, dtype=None):
-    """(Gemma3, tokenizer) from a llama.cpp GGUF file, dequantised to fp32 (or `dtype`)."""
-    from dirjax.models.gguf import gguf_tokenizer, read_gguf
-
+def from_gguf(path: str | os.PathLike, dtype=None, tokenizer: Path | None = None):
+    """(Gemma3, tokenizer) from a llama.cpp GGUF file, dequantised to fp32 (or `dtype`); the
+    tokenizer is the file's own, or that of the directory `tokenizer` when given."""
     hf_config, state = read_gguf(path)
     if hf_config.get("model_type") != "gemma3_text":
         raise WeightsError(f"{path}: not a Gemma 3 GGUF ({hf_config.get('model_type')})")
-    model = from_state(Gemma3Config.from_hf(hf_config), state, dtype)
-    return model, gguf_tokenizer(path)
+    model = from_hf_state(hf_config, state, dtype)
+    return model, load_tokenizer(tokenizer) if tokenizer else gguf_tokenizer(path)

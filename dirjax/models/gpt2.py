@@ -9,19 +9,20 @@ to transformers' PyTorch model (tests/test_gpt2.py). The token embedding `wte` i
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+import os
 from functools import partial
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from dirjax.embedding import Embedding
 from dirjax.errors import ConfigError, WeightsError
-from dirjax.models.generate import KVCache
-from dirjax.models.weights import build_filled, load_tokenizer, read_safetensors, take
+from dirjax.models.generate import KVCache, at_last
+from dirjax.models.weights import check_loaded, load_tokenizer, read_config, read_safetensors, take
 
 NEG_INF = -1e9  # additive mask: exp(NEG_INF - max) is exactly 0 in fp32, and never NaN
 
@@ -49,10 +50,12 @@ class GPT2Config:
     def from_hf(cls, c: dict) -> GPT2Config:
         """From a Hugging Face GPT-2 config.json (as a dict)."""
         if c.get("scale_attn_by_inverse_layer_idx") or not c.get("scale_attn_weights", True):
-            raise ConfigError("GPT-2 checkpoint with non-standard attention scaling is not supported")
+            raise ConfigError(
+                "GPT-2 checkpoint with non-standard attention scaling is not supported")
         act = c.get("activation_function", "gelu_new")
         if act not in ACTIVATIONS:
-            raise ConfigError(f"GPT-2 activation {act!r} is not supported ({', '.join(ACTIVATIONS)})")
+            raise ConfigError(
+                f"GPT-2 activation {act!r} is not supported ({', '.join(ACTIVATIONS)})")
         d = c.get("n_embd", 768)
         return cls(vocab_size=c["vocab_size"], hidden_size=d, num_layers=c.get("n_layer", 12),
                    num_heads=c.get("n_head", 12), max_positions=c.get("n_positions", 1024),
@@ -70,16 +73,28 @@ def attention_bias(mask: jax.Array | None, t: int) -> jax.Array:
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
-    """Scaled dot-product attention, softmax in fp32. q, k, v `[B, T, H, dh]` -> `[B, T, H, dh]`."""
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    scores = scores / math.sqrt(q.shape[-1])
+    """Scaled dot-product attention, softmax in fp32. q, k, v `[B, T, H, dh]` -> `[B, T, H, dh]`.
+    The scale goes on q, so that XLA:CPU runs both products, the bias and the softmax as one
+    fused kernel (a scale on the [T, T] scores is a pass of its own); both sum in fp32."""
+    q = (q * (1.0 / math.sqrt(q.shape[-1]))).transpose(0, 2, 1, 3)           # [B, H, T, dh]
+    scores = jnp.einsum("bhqd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(scores + bias, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    y = jnp.einsum("bhqk,bkhd->bhqd", probs, v, preferred_element_type=jnp.float32)
+    return y.astype(v.dtype).transpose(0, 2, 1, 3)
+
+
+def dot_f32(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
+    """nnx.Linear's product, summed in fp32 whatever the operands (bf16 ones run at the matrix
+    units' rate; a bf16 -> bf16 product falls to XLA:CPU's slow path), returned in the
+    activations' dtype."""
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=jnp.float32, **kw).astype(lhs.dtype)
 
 
 def _linear(n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
     # kernel [in, out], the layout of HF's Conv1D weights: they load without a transpose
-    return nnx.Linear(n_in, n_out, kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
+    return nnx.Linear(n_in, n_out, kernel_init=nnx.initializers.normal(0.02), rngs=rngs,
+                      dot_general=dot_f32)
 
 
 def _layer_norm(d: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -190,30 +205,43 @@ class GPT2(nnx.Module):
                             cfg.hidden_size // cfg.num_heads, dtype)
 
     def decode(self, ids: jax.Array, cache: KVCache, positions: jax.Array,
-               attention_mask: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+               attention_mask: jax.Array | None = None,
+               last: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
         """ids `[B, T]` at positions `[B, T]`, written into the cache's next T slots
         (attention_mask `[B, T]` 0: padding) -> (next-token logits `[B, T, V]`, cache)."""
-        x = self.embedding(ids) + jnp.take(self.wpe[...], positions, axis=0, mode="clip")
+        # in the parameters' dtype: a bf16 model with a compressed table decodes in bf16
+        wpe = self.wpe[...]
+        x = self.embedding(ids).astype(wpe.dtype) + jnp.take(wpe, positions, axis=0, mode="clip")
         cache = cache.fill(positions, attention_mask)
         bias = jnp.where(cache.mask(positions), 0.0, NEG_INF).astype(jnp.float32)
         for i, block in enumerate(self.blocks):
             x, cache = block(x, bias, (cache, i))
-        logits = self.out_embedding.attend(self.ln_f(x))
+        logits = self.out_embedding.attend(at_last(self.ln_f(x), last))
         return logits, cache.advance(ids.shape[1])
 
 
 # ----------------------------------------------------------------------------- loading
 
-PREFIXES = ("transformer.", "")  # GPT2LMHeadModel keys / GPT2Model (and the original gpt2 repo)
+# Hugging Face tensor names, read by `from_state` and written by dirjax.saved.export_hf. The
+# body's are `<prefix><name>` with the first prefix the checkpoint has: GPT2LMHeadModel's keys,
+# then GPT2Model's (and the original gpt2 repo's). An untied head is one of HEADS (full names).
+PREFIXES = ("transformer.", "")
+EMBEDDING = "wte.weight"            # the token embedding [V, d]
+HEADS = ("lm_head.weight",)         # an untied LM head [V, d]
 
 
-def load_hf_state(model: GPT2, state: dict) -> None:
-    """Copy a Hugging Face state dict into `model`, asserting every shape.
+def from_state(config: GPT2Config, state: dict[str, np.ndarray], dtype=None) -> GPT2:
+    """Build a GPT2 from Hugging Face-named tensors (each shape-checked) in `dtype` (fp32).
 
-    HF GPT-2 uses Conv1D layers whose weights are stored [in, out], as nnx.Linear's kernel.
+    HF GPT-2 uses Conv1D layers whose weights are stored [in, out], as nnx.Linear's kernel:
+    nothing is transposed. The module tree is built under `nnx.eval_shape` (no random weights
+    allocated), then every parameter is filled from `state` and asserted filled.
     """
-    def put(param: nnx.Param, name: str):
-        param.set_value(jnp.asarray(take(state, name, param.shape, prefixes=PREFIXES)))
+    model = nnx.eval_shape(lambda: GPT2(config, rngs=nnx.Rngs(0)))
+    dtype = dtype or jnp.float32
+
+    def put(param: nnx.Param, name: str, prefixes=PREFIXES):
+        param.set_value(jnp.asarray(take(state, name, param.shape, prefixes=prefixes), dtype))
 
     def put_norm(ln: nnx.LayerNorm, name: str):
         put(ln.scale, name + ".weight")
@@ -223,7 +251,7 @@ def load_hf_state(model: GPT2, state: dict) -> None:
         put(lin.kernel, name + ".weight")
         put(lin.bias, name + ".bias")
 
-    put(model.embedding.weight, "wte.weight")
+    put(model.embedding.weight, EMBEDDING)
     put(model.wpe, "wpe.weight")
     for i, block in enumerate(model.blocks):
         p = f"h.{i}."
@@ -235,18 +263,24 @@ def load_hf_state(model: GPT2, state: dict) -> None:
         put_linear(block.mlp.c_proj, p + "mlp.c_proj")
     put_norm(model.ln_f, "ln_f")
     if not model.tied:
-        put(model.out_embedding.weight, "lm_head.weight")
+        head = next((n for n in HEADS if n in state), HEADS[0])
+        put(model.out_embedding.weight, head, prefixes=("",))
     n = len(model.blocks)
     if any(p + f"h.{n}.ln_1.weight" in state for p in PREFIXES):
         raise WeightsError(f"checkpoint has more layers than its config's n_layer={n}")
+    check_loaded(model)
+    return model
 
 
-def from_hf_dir(path, dtype=None):
-    """`(GPT2, tokenizer)` from a Hugging Face directory; parameters fp32 unless `dtype`."""
-    path = Path(path)
-    config = GPT2Config.from_hf(json.loads((path / "config.json").read_text()))
-    state = read_safetensors(path)
-    model = build_filled(lambda: GPT2(config, rngs=nnx.Rngs(0)),
-                         lambda m: load_hf_state(m, state), dtype)
+def from_hf_state(config: dict, state: dict[str, np.ndarray], dtype=None) -> GPT2:
+    """A GPT2 from a Hugging Face config.json dict and its tensors (see `from_state`)."""
+    return from_state(GPT2Config.from_hf(config), state, dtype)
+
+
+def from_hf_dir(path: str | os.PathLike, dtype=None, tokenizer: Path | None = None):
+    """`(GPT2, tokenizer)` from a Hugging Face directory; parameters fp32 unless `dtype`; the
+    tokenizer of the directory `tokenizer` when given, else the checkpoint's."""
+    config = GPT2Config.from_hf(read_config(path))
+    model = from_state(config, read_safetensors(path), dtype)
     # GPT-2 has no pad token: pad_right reuses eos (the attention mask hides pad positions)
-    return model, load_tokenizer(path, default_class="GPT2Tokenizer")
+    return model, load_tokenizer(tokenizer or path, default_class="GPT2Tokenizer")

@@ -9,7 +9,6 @@ a KV cache (`init_cache`; the interface is in dirjax/models/generate.py).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -22,8 +21,9 @@ from flax import nnx
 
 from dirjax.embedding import Embedding
 from dirjax.errors import WeightsError
-from dirjax.models.generate import KVCache, greedy  # noqa: F401  (re-exported: llama.greedy)
-from dirjax.models.weights import load_tokenizer, read_safetensors, take
+from dirjax.models.generate import KVCache, at_last
+from dirjax.models.gguf import gguf_tokenizer, read_gguf
+from dirjax.models.weights import load_tokenizer, read_config, read_safetensors, take
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,9 @@ class Linear(nnx.Module):
         self.kernel = nnx.Param(kernel)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return x @ self.kernel[...]
+        # summed in fp32 whatever the operands (bf16 ones run at the matrix units' rate; a
+        # bf16 -> bf16 product falls to XLA:CPU's slow path), returned in the activations' dtype
+        return jnp.matmul(x, self.kernel[...], preferred_element_type=jnp.float32).astype(x.dtype)
 
 
 class RMSNorm(nnx.Module):
@@ -129,6 +131,11 @@ def rope_tables(c: LlamaConfig, length: int) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(angles), np.sin(angles)
 
 
+# a masked key's bias: exp(score + MASKED - max) is 0, and a row with every key masked stays
+# finite (uniform)
+MASKED = -0.7 * float(np.finfo(np.float32).max)
+
+
 def apply_rope(x: jax.Array, cos, sin) -> jax.Array:
     """Rotate x [B, T, H, hd] in Hugging Face's rotate-half layout (pairs i, i + hd/2);
     cos, sin [T, hd] (positions arange(T)) or [B, T, hd] (each row's own positions)."""
@@ -136,6 +143,29 @@ def apply_rope(x: jax.Array, cos, sin) -> jax.Array:
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     cos, sin = cos[..., None, :].astype(x.dtype), sin[..., None, :].astype(x.dtype)
     return x * cos + rotated * sin
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+              scale: float) -> jax.Array:
+    """Grouped-query attention, softmax in fp32: q [B, T, N, hd], k, v [B, S, K, hd] (each K/V
+    head serves G = N / K query heads), mask [B, 1, T, S] bool (True = may attend) ->
+    [B, T, N, hd]. Fully masked rows (padding) attend uniformly, as in
+    jax.nn.dot_product_attention.
+
+    Written for XLA:CPU to run it as one fused kernel (XNNPACK): the scores are laid out
+    [B, K, G, T, S], the order a batched matmul writes them and the softmax reads them; the
+    scale goes on q and the mask is an additive bias. jax.nn.dot_product_attention's vmap over
+    G leaves G between T and S, and its scale and mask are a separate pass: XLA:CPU then
+    copies the [T, S]-sized scores through two transposes and a select per layer. Both
+    products sum in fp32 (bf16 operands at the matrix units' rate)."""
+    B, T, N, hd = q.shape
+    K = k.shape[2]
+    q = (q * scale).reshape(B, T, K, N // K, hd).transpose(0, 2, 3, 1, 4)     # [B, K, G, T, hd]
+    bias = jnp.where(mask, 0.0, MASKED)[:, :, None]                             # [B, 1, 1, T, S]
+    s = jnp.einsum("bkgtd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) + bias
+    p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+    y = jnp.einsum("bkgts,bskd->bkgtd", p, v, preferred_element_type=jnp.float32)
+    return y.astype(v.dtype).transpose(0, 3, 1, 2, 4).reshape(B, T, N, hd)
 
 
 class Attention(nnx.Module):
@@ -160,7 +190,7 @@ class Attention(nnx.Module):
         if cache is not None:
             kv, layer = cache
             kv, k, v = kv.update(layer, k, v)
-        y = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=self.head_dim ** -0.5)
+        y = attention(q, k, v, mask, self.head_dim ** -0.5)
         y = self.o_proj(y.reshape(B, T, self.num_heads * self.head_dim))
         return y if cache is None else (y, kv)
 
@@ -238,7 +268,8 @@ class Llama(nnx.Module):
         return KVCache.init(c.num_layers, batch, max_len, c.num_kv_heads, c.head_dim, dtype)
 
     def decode(self, ids: jax.Array, cache: KVCache, positions: jax.Array,
-               attention_mask: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+               attention_mask: jax.Array | None = None,
+               last: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
         """ids [B, T] at positions [B, T], written into the cache's next T slots
         (attention_mask [B, T] 0: padding) -> (next-token logits [B, T, V], cache)."""
         # cos, sin gathered from the same tables `encode` uses: the same numbers at each position
@@ -247,16 +278,22 @@ class Llama(nnx.Module):
         cos, sin = jnp.take(cos, safe, axis=0), jnp.take(sin, safe, axis=0)  # [B, T, hd]
         cache = cache.fill(positions, attention_mask)
         mask = cache.mask(positions)
-        x = self.embedding(ids)
+        # in the parameters' dtype: a bf16 model with a compressed table decodes in bf16
+        x = self.embedding(ids).astype(self.norm.weight[...].dtype)
         for i, block in enumerate(self.blocks):
             x, cache = block(x, cos, sin, mask, (cache, i))
-        logits = self.out_embedding.attend(self.norm(x))
+        logits = self.out_embedding.attend(at_last(self.norm(x), last))
         return logits, cache.advance(ids.shape[1])
 
 
 # ----------------------------------------------------------------------------- loading
 
-PREFIXES = ("model.", "")  # LlamaForCausalLM nests the body under `model.`; LlamaModel does not
+# Hugging Face tensor names, read by `from_state` and written by dirjax.saved.export_hf. The
+# body's are `<prefix><name>` with the first prefix the checkpoint has: LlamaForCausalLM nests
+# the body under `model.`, LlamaModel does not. An untied head is one of HEADS (full names).
+PREFIXES = ("model.", "")
+EMBEDDING = "embed_tokens.weight"   # the token embedding [V, d]
+HEADS = ("lm_head.weight",)         # an untied LM head [V, d]
 
 
 def from_state(config: LlamaConfig, state: dict[str, np.ndarray], dtype=None) -> Llama:
@@ -270,6 +307,9 @@ def from_state(config: LlamaConfig, state: dict[str, np.ndarray], dtype=None) ->
     def linear(name, n_in, n_out):  # HF [out, in] -> our [in, out]
         return Linear(param(name + ".weight", (n_in, n_out), transpose=True))
 
+    def norm(name):
+        return RMSNorm(param(name + ".weight", (d,)), c.rms_norm_eps)
+
     blocks = []
     for i in range(c.num_layers):
         p = f"layers.{i}."
@@ -279,29 +319,31 @@ def from_state(config: LlamaConfig, state: dict[str, np.ndarray], dtype=None) ->
                          linear(p + "self_attn.o_proj", c.num_heads * hd, d))
         mlp = MLP(linear(p + "mlp.gate_proj", d, ff), linear(p + "mlp.up_proj", d, ff),
                   linear(p + "mlp.down_proj", ff, d))
-        blocks.append(Block(RMSNorm(param(p + "input_layernorm.weight", (d,)), c.rms_norm_eps), attn,
-                            RMSNorm(param(p + "post_attention_layernorm.weight", (d,)), c.rms_norm_eps),
-                            mlp))
-    embedding = Embedding(param("embed_tokens.weight", (c.vocab_size, d)))
-    norm = RMSNorm(param("norm.weight", (d,)), c.rms_norm_eps)
+        blocks.append(Block(norm(p + "input_layernorm"), attn,
+                            norm(p + "post_attention_layernorm"), mlp))
+    embedding = Embedding(param(EMBEDDING, (c.vocab_size, d)))
     # tied unless the config unties the head and the checkpoint has its own lm_head
-    tied = c.tie_word_embeddings or "lm_head.weight" not in state
-    head = None if tied else Embedding(param("lm_head.weight", (c.vocab_size, d), prefixes=("",)))
-    return Llama(c, embedding, blocks, norm, head)
+    head_name = next((n for n in HEADS if n in state), None)
+    tied = c.tie_word_embeddings or head_name is None
+    head = None if tied else Embedding(param(head_name, (c.vocab_size, d), prefixes=("",)))
+    return Llama(c, embedding, blocks, norm("norm"), head)
 
 
-def from_hf_dir(path: str | os.PathLike, dtype=None):
-    """(Llama, tokenizer) from a Hugging Face directory: config.json, *.safetensors, tokenizer."""
-    path = Path(path)
-    config = LlamaConfig.from_hf(json.loads((path / "config.json").read_text()))
+def from_hf_state(config: dict, state: dict[str, np.ndarray], dtype=None) -> Llama:
+    """A Llama from a Hugging Face config.json dict and its tensors (see `from_state`)."""
+    return from_state(LlamaConfig.from_hf(config), state, dtype)
+
+
+def from_hf_dir(path: str | os.PathLike, dtype=None, tokenizer: Path | None = None):
+    """(Llama, tokenizer) from a Hugging Face directory: config.json, *.safetensors, tokenizer
+    (that of the directory `tokenizer` when given)."""
+    config = LlamaConfig.from_hf(read_config(path))
     model = from_state(config, read_safetensors(path), dtype)
-    return model, load_tokenizer(path)
+    return model, load_tokenizer(tokenizer or path)
 
 
-def from_gguf(path: str | os.PathLike, dtype=None):
-    """(Llama, tokenizer) from a llama.cpp GGUF file, dequantised to fp32 (or `dtype`)."""
-    from dirjax.models.gguf import gguf_tokenizer, read_gguf
-
-    hf_config, state = read_gguf(path)
-    model = from_state(LlamaConfig.from_hf(hf_config), state, dtype)
-    return model, gguf_tokenizer(path)
+def from_gguf(path: str | os.PathLike, dtype=None, tokenizer: Path | None = None):
+    """(Llama, tokenizer) from a llama.cpp GGUF file, dequantised to fp32 (or `dtype`); the
+    tokenizer is the file's own, or that of the directory `tokenizer` when given."""
+    model = from_hf_state(*read_gguf(path), dtype)
+    return model, load_tokenizer(tokenizer) if tokenizer else gguf_tokenizer(path)

@@ -1,19 +1,29 @@
-"""Loading helpers shared by the model files: safetensors reading (never unpickle), shape-checked
-`take`, filling an abstract (eval_shape) NNX model, dtype casting, and the tokenizer."""
+"""Loading helpers shared by the model files: config.json and safetensors reading (never
+unpickle), shape-checked `take`, the check that an abstract (eval_shape) NNX model was filled,
+and the tokenizer."""
 from __future__ import annotations
 
 import json
 import os
-from contextvars import ContextVar
 from pathlib import Path
-from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dirjax.errors import WeightsError
+from dirjax.errors import UnknownSourceError, WeightsError
+
+
+def read_config(directory: str | os.PathLike) -> dict:
+    """The `config.json` of a Hugging Face checkpoint directory, as a dict."""
+    file = Path(directory) / "config.json"
+    if not file.exists():
+        raise UnknownSourceError(f"{directory} has no config.json: not a Hugging Face checkpoint "
+                                 "(nor a model saved by dirjax.save_model)")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{file} is not valid JSON: {e}") from None
 
 
 def read_safetensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -76,19 +86,6 @@ def take(state: dict[str, np.ndarray], name: str, shape: tuple[int, ...], transp
     return np.ascontiguousarray(x)
 
 
-def build_filled(build: Callable[[], nnx.Module], fill: Callable[[nnx.Module], None],
-                 dtype=None) -> nnx.Module:
-    """`build()` under `nnx.eval_shape` (the module tree without allocating random weights),
-    `fill(model)` copies the checkpoint in, every parameter is asserted filled, then the
-    floating parameters are cast to `dtype` (kept fp32 when None)."""
-    model = nnx.eval_shape(build)
-    fill(model)
-    check_loaded(model)
-    if dtype is not None:
-        cast_params(model, dtype)
-    return model
-
-
 def check_loaded(model: nnx.Module) -> None:
     """Assert that the mapping filled every parameter of the abstract (eval_shape) model."""
     empty = [".".join(map(str, path)) for path, node in nnx.iter_graph(model)
@@ -96,25 +93,15 @@ def check_loaded(model: nnx.Module) -> None:
     assert not empty, f"parameters left unloaded: {empty}"
 
 
-def cast_params(model: nnx.Module, dtype) -> None:
-    """Cast every floating parameter of `model` to `dtype`, in place."""
-    for _, node in nnx.iter_graph(model):
-        if isinstance(node, nnx.Param) and jnp.issubdtype(node.dtype, jnp.floating):
-            node.set_value(node[...].astype(dtype))
-
-
 # one of these makes a directory a tokenizer; without any, transformers would build a
 # placeholder with a one-token or default vocabulary and every score would be garbage
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
 
-# `load_model(..., tokenizer=SOURCE)` sets this while the model file loads: the tokenizer comes
-# from SOURCE (a directory or Hub id) instead of the checkpoint directory
-TOKENIZER_SOURCE: ContextVar[str | None] = ContextVar("TOKENIZER_SOURCE", default=None)
 
-
-def load_tokenizer(path: Path, default_class: str | None = None):
-    """The fast tokenizer of the checkpoint directory `path` (or of `TOKENIZER_SOURCE` when
-    set), made `pad_right`. A directory without tokenizer files is a WeightsError.
+def load_tokenizer(path: str | os.PathLike, default_class: str | None = None):
+    """The fast tokenizer of the directory `path` (a checkpoint's, or the one a user named:
+    `load_model(..., tokenizer=...)`), made `pad_right`. A directory without tokenizer files
+    is a WeightsError.
 
     The class is the one named in tokenizer_config.json (else `default_class`, else
     AutoTokenizer), rather than always AutoTokenizer, whose config machinery imports torch
@@ -122,12 +109,7 @@ def load_tokenizer(path: Path, default_class: str | None = None):
     """
     import transformers
 
-    override = TOKENIZER_SOURCE.get()
-    if override is not None:
-        path = Path(override)
-        if not path.is_dir():   # a Hub id: its tokenizer files only
-            from dirjax.models import download
-            path = download(override, patterns=["*.json", "*.txt", "*.model", "tokenizer*"])
+    path = Path(path)
     if not any((path / f).is_file() for f in TOKENIZER_FILES):
         raise WeightsError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): "
                            "add them, or name a tokenizer (config.tokenizer / "

@@ -37,9 +37,9 @@ the shared 2-core CPU, ~37 of them vq's compression). "smollm2-low12" at rate 16
 41.99, head kept 29.92 / 34.51 (479 s / 620 s to compress); over seeds 0-2
 (--config.method_options.vq.seed=S) tied 32.21 (1.118x) / 42.64 (1.479x) on average.
 """
-from configs.gemma3_wikitext import get_config as gemma3_config
-from configs.minilm_sts import get_config as minilm_config
-from configs.smollm2_wikitext import get_config as smollm2_config
+from dirjax.configs.gemma3_wikitext import get_config as gemma3_config
+from dirjax.configs.minilm_sts import get_config as minilm_config
+from dirjax.configs.smollm2_wikitext import get_config as smollm2_config
 
 CALIBRATION = {"dataset": "wikitext-2", "split": "validation", "n_hidden": 0}
 

@@ -23,7 +23,7 @@ Cost here: ~2 min per RTE epoch, ~2.4 min per MRPC epoch (20-26 examples/s), 2 h
 all 18 runs on a 2-core CPU. Expected (docs/glue_minilm_cpu.md, dev, mean of 3 seeds): RTE
 accuracy original 56.9, SVD 54.9, AE 54.6; MRPC F1 86.6 / 84.7 / 84.4: AE and SVD level.
 """
-from configs.glue import get_config as glue_config
+from dirjax.configs.glue import get_config as glue_config
 
 
 def get_config():

@@ -9,7 +9,7 @@ Paper settings: lr 3e-5, effective batch 16, 2 epochs, windows of 384 tokens ove
 codes. Needs `<data_dir>/squad/train-v1.1.json` (the shared folder has only the dev file) and
 a GPU. Dev exact match / F1 in percent, official normalisation.
 """
-from configs.glue import get_config as glue_config
+from dirjax.configs.glue import get_config as glue_config
 
 
 def get_config():
