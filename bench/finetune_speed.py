@@ -34,6 +34,7 @@ def backbone(name: str, random: bool):
         from dirjax import load_model
         return load_model(name)
     from transformers import BertTokenizerFast
+
     from dirjax.models.bert import Bert, BertConfig
     tok = BertTokenizerFast(args.data_dir + "/tokenizers/bert-base-uncased/vocab.txt")
     return Bert(BertConfig(pooler=True, mlm_head=False), rngs=nnx.Rngs(0)), tok
@@ -89,7 +90,8 @@ def main():
             r = measure(method, dtype, data, model, tok)
             epoch_s = len(data) / r["examples_per_s"]
             print(f"{method:9s} {dtype:9s} {r['examples_per_s']:8.1f} ex/s "
-                  f"{r['tokens_per_s']:9.0f} tok/s  first pass (compile) {r['first_pass_s']:.1f} s  "
+                  f"{r['tokens_per_s']:9.0f} tok/s  "
+                  f"first pass (compile) {r['first_pass_s']:.1f} s  "
                   f"epoch ~{epoch_s / 60:.1f} min  "
                   f"3 epochs x 3 seeds ~{9 * epoch_s / 60:.0f} min", flush=True)
 

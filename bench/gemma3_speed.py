@@ -1,18 +1,25 @@
-"""Perplexity speed of Gemma 3 270M (offline GGUF, dequantised to fp32): dirjax's perplexity
-step (jit-compiled NNX Gemma3, the 262k-row head scored in vocabulary chunks without [L, V]
-logits) against transformers-PyTorch (fp32, torch.no_grad(), full logits + log_softmax) on the
-same windows, in the same run.
+"""Perplexity speed of Gemma 3 270M (offline GGUF, dequantised to fp32) against the machine's
+matrix peak: dirjax's perplexity step (jit-compiled NNX Gemma3, the 262k-row head scored in
+vocabulary chunks without [L, V] logits) in fp32 and in its bf16 compute mode
+(`compute_dtype="bfloat16"`: bf16 operands, fp32 sums, fp32 log-sum-exp), against
+transformers-PyTorch in fp32 and bf16 (torch.no_grad(), full logits + log_softmax in fp32) on
+the same windows, in the same run.
 
     .venv/bin/python bench/gemma3_speed.py [--tokens 2048] [--window 512] [--rounds 3]
+                                           [--runs 5] [--torch-threads 0]
                                            [--data-dir ../shared/data]  # or $DIRJAX_DATA_DIR
 
 The first `--tokens` tokens of WikiText-2 raw test, cut into windows of `--window` tokens, each
 run as [BOS] + window (batch 1, one window at a time: the fp32 logits of one window are
-513 x 262,144 x 4 B = 0.5 GB), every token of the window scored. Each round times all windows
-with dirjax, then with PyTorch (interleaved, so a slow spell of a shared machine hits both);
-prints the median tokens/s of each over the rounds, their ratio, both perplexities and the
-largest logit difference on the first window. Needs torch and accelerate for the PyTorch side
-(`make fixtures` installs them).
+513 x 262,144 x 4 B = 0.5 GB), every token of the window scored. Prints the load average at
+start (figures count only from a quiet machine: load < 1.5); the dot peaks of XLA's products
+on the model's own shapes (bench/forward_speed.py: each Linear, attention's two products, an
+8,192-row head slice) in fp32 and bf16 x bf16 -> fp32 over `--runs` runs, and the FLOP bound
+they give. Each round then times all windows with each scorer in turn (interleaved, so a slow
+spell of a shared machine hits all); per scorer: the median tokens/s over the rounds, its
+GFLOP/s, the fraction of its dtype's FLOP bound, the perplexity, and the largest logit
+difference from dirjax fp32 on the first window. The PyTorch rows need torch and accelerate
+(`make fixtures` installs them); without them they are skipped.
 """
 from __future__ import annotations
 
@@ -23,13 +30,14 @@ import statistics
 import time
 from pathlib import Path
 
+import forward_speed as fwd  # the dot peaks, the FLOP bound, the printed rows
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from dirjax import load_model, runtime
-from dirjax.evaluate.batching import jit_on_model
+from dirjax.evaluate.batching import compute_state, jit_on_model
 from dirjax.evaluate.perplexity import _causal_nll
 from dirjax.evaluate.scoring import CHUNK
 from dirjax.models import resolve_alias
@@ -45,11 +53,12 @@ def windows(tokenizer, data_dir: Path, n_tokens: int, window: int) -> np.ndarray
     return np.concatenate([bos, body], axis=1)
 
 
-def jax_scorer(model):
+def jax_scorer(model, compute_dtype: str):
     """fn(ids [1, L]) -> sum of -log p(token | before) over positions 1..L-1: dirjax's
-    perplexity step itself (`evaluate.perplexity._causal_nll` under `jit_on_model`: final
-    hidden states, then the vocabulary scored `scoring.CHUNK` rows at a time, no [L, V] logits)."""
-    step, state = jit_on_model(functools.partial(_causal_nll, chunk=CHUNK), model)
+    perplexity step itself (`evaluate.perplexity._causal_nll` under `jit_on_model`, the state
+    cast to `compute_dtype` once: final hidden states, then the vocabulary scored
+    `scoring.CHUNK` rows at a time, no [L, V] logits)."""
+    step, state = jit_on_model(functools.partial(_causal_nll, chunk=CHUNK), model, compute_dtype)
 
     def nll(ids):
         ones = np.ones_like(ids)
@@ -58,18 +67,21 @@ def jax_scorer(model):
     return nll
 
 
-def jax_logits(model, ids):
-    """[1, L, V] logits of one window (the full head, for the logit comparison only)."""
+def jax_logits(model, ids, compute_dtype: str) -> np.ndarray:
+    """[1, L, V] fp32 logits of one window (the full head, for the logit comparison only)."""
     graphdef, state = nnx.split(model)
-    return jax.jit(lambda st, x: nnx.merge(graphdef, st)(x))(state, jnp.asarray(ids))
+    run = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x).astype(jnp.float32))
+    return np.asarray(run(compute_state(state, compute_dtype), jnp.asarray(ids)))
 
 
-def torch_scorer(threads: int, dtype: str):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    if threads:
-        torch.set_num_threads(threads)
+def torch_scorer(dtype: str):
+    """fn(ids) -> (summed NLL, logits) of transformers-PyTorch in `dtype`; None without torch."""
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM
+    except ImportError:
+        return None
+    fwd.quiet_transformers()
     path = resolve_alias("gemma3-270m")
     model = AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=getattr(torch, dtype)).eval()
@@ -81,11 +93,7 @@ def torch_scorer(threads: int, dtype: str):
             logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
             return -logp.gather(-1, x[:, 1:, None]).sum(), logits
 
-    return nll, torch.get_num_threads()
-
-
-def torch_loss(score):
-    return lambda ids: score(ids)[0]
+    return nll
 
 
 def timed(score, batches) -> tuple[float, float]:
@@ -102,46 +110,69 @@ def main():
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                        help="parameters and compute of both (bfloat16: AMX/AVX512-BF16 CPUs)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per dot peak")
     parser.add_argument("--torch-threads", type=int, default=0, help="0: torch's default")
     parser.add_argument("--data-dir", type=Path, default=Path(
-        os.environ.get("DIRJAX_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+        os.environ.get("DIRJAX_DATA_DIR")
+        or Path(__file__).resolve().parents[1].parent / "shared" / "data"))
     args = parser.parse_args()
 
+    print(fwd.load_line())
     runtime.setup()
-    model, tokenizer = load_model("gemma3-270m", dtype=args.dtype)
+    model, tokenizer = load_model("gemma3-270m")
     data = windows(tokenizer, args.data_dir, args.tokens, args.window)
     batches = [data[i:i + 1] for i in range(len(data))]
-    scored = data.shape[0] * args.window
-    jax_score = jax_scorer(model)
-    t = time.perf_counter()
-    float(jax_score(batches[0]))
-    print(f"Gemma 3 270M {args.dtype} (GGUF Q4_K_M dequantised), {len(batches)} windows of [BOS] + "
-          f"{args.window} tokens, {scored} tokens scored, WikiText-2 raw test; "
-          f"{jax.devices()[0].platform} ({jax.device_count()} device(s)); "
-          f"jax compile + first window {time.perf_counter() - t:.1f} s")
-    torch_score, threads = torch_scorer(args.torch_threads, args.dtype)
-    _, torch_logits = torch_score(batches[0])  # warm-up
-    max_diff = np.abs(np.asarray(jax_logits(model, batches[0]), np.float32)
-                      - torch_logits.float().numpy()).max()
-    del torch_logits
+    scored, L = data.shape[0] * args.window, data.shape[1]
+    print(f"Gemma 3 270M (GGUF Q4_K_M dequantised, parameters fp32), {len(batches)} windows of "
+          f"[BOS] + {args.window} tokens, {scored} tokens scored, WikiText-2 raw test; "
+          f"{jax.devices()[0].platform} ({jax.device_count()} device(s))")
+    c = model.config
+    bound = fwd.flop_bound(fwd.matmul_terms(c, L, CHUNK, c.vocab_size // CHUNK), args.runs)
+    fwd.print_bound(bound, args.window)      # tokens scored per window of L run
 
-    seconds = {"dirjax": [], "torch": []}
+    scorers, diffs = {}, {}
+    ref = jax_logits(model, batches[0], "float32")
+    for dtype in fwd.DTYPES:
+        t = time.perf_counter()
+        scorers[f"dirjax {dtype}"] = score = jax_scorer(model, dtype)
+        float(score(batches[0]))
+        print(f"  dirjax {dtype}: compile + first window {time.perf_counter() - t:.1f} s")
+        if dtype != "float32":
+            diffs[f"dirjax {dtype}"] = np.abs(jax_logits(model, batches[0], dtype) - ref).max()
+    if args.torch_threads:
+        import torch
+        torch.set_num_threads(args.torch_threads)
+    for dtype in fwd.DTYPES:
+        score = torch_scorer(dtype)
+        if score is None:
+            print("transformers-PyTorch: torch/transformers not installed, skipped")
+            break
+        _, logits = score(batches[0])  # warm-up
+        diffs[f"PyTorch {dtype}"] = np.abs(logits.float().numpy() - ref).max()
+        del logits
+        scorers[f"PyTorch {dtype}"] = lambda ids, score=score: score(ids)[0]
+    del ref
+
+    seconds = {name: [] for name in scorers}
     nll = {}
     for r in range(args.rounds):
-        for name, score in (("dirjax", jax_score), ("torch", torch_loss(torch_score))):
+        for name, score in scorers.items():
             s, nll[name] = timed(score, batches)
             seconds[name].append(s)
-        print(f"  round {r + 1}: dirjax {scored / seconds['dirjax'][-1]:7.0f} tokens/s, "
-              f"PyTorch {scored / seconds['torch'][-1]:7.0f} tokens/s")
-    med = {k: statistics.median(v) for k, v in seconds.items()}
-    print(f"dirjax (jit, chunked head)  {scored / med['dirjax']:7.0f} tokens/s (median of "
-          f"{args.rounds}), perplexity {np.exp(nll['dirjax'] / scored):.3f}")
-    print(f"transformers-PyTorch ({threads} thr) {scored / med['torch']:7.0f} tokens/s (median of "
-          f"{args.rounds}), perplexity {np.exp(nll['torch'] / scored):.3f}")
-    print(f"ratio dirjax / PyTorch tokens/s: {med['torch'] / med['dirjax']:.2f}")
-    print(f"max |logit difference|, first window: {max_diff:.2e}")
+        print(f"  round {r + 1}: " + ", ".join(f"{name} {scored / seconds[name][-1]:.0f}"
+                                                for name in scorers) + " tokens/s")
+    threads = ""
+    if any(name.startswith("PyTorch") for name in scorers):
+        import torch
+        threads = f" ({torch.get_num_threads()} thr)"
+    print(f"median of {args.rounds} rounds; bound: every product at its shape's peak")
+    for name in scorers:
+        dtype = name.split()[-1]
+        label = name + (threads if name.startswith("PyTorch") else " (jit, chunked head)")
+        diff = f"  max |logit - dirjax fp32| {diffs[name]:.2e}" if name in diffs else ""
+        per_window = statistics.median(seconds[name]) / len(batches)
+        fwd.print_row(label, args.window, per_window, bound, dtype,
+                  float(np.exp(nll[name] / scored)), diff)
 
 
 if __name__ == "__main__":

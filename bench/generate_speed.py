@@ -6,7 +6,7 @@ transformers-PyTorch `generate` (when torch is importable), all in one run.
     .venv/bin/python bench/generate_speed.py [--models smollm2-135m,gemma3-270m]
         [--methods original,quant_gptq:10,vq:16] [--batches 1,8] [--prompt 128] [--new 128]
         [--rounds 3] [--cache-dir ~/.cache/dirjax/bench] [--dtype float32]
-        [--torch-threads N] [--no-torch] [--n-hidden 8192]
+        [--torch-threads N] [--no-torch] [--n-hidden 8192] [--compress-only]
 
 Decoding one token at a time reads every weight once per step (and the KV cache), so a step
 cannot beat (bytes read per step) / (streaming bandwidth). Printed, per model, method and
@@ -20,8 +20,8 @@ batch B:
   bound     B x bandwidth / (bytes a step), the tokens/s memory traffic allows; % = step/bound
 The bandwidth is the faster of two jitted reductions of a 1 GiB fp32 buffer (far larger than
 the caches): its sum and its product with a vector, median of 5 each, measured first in the
-same process. The load average is printed at the start:
-timings taken above ~1.5 on a shared machine are not figures.
+same process. The load average is printed at the start: timings taken above ~1.5 on a shared
+machine are not figures.
 
 Prompts are `--prompt` tokens of English prose (the stdlib's pydoc topics, consecutive slices:
 no padding). quant_gptq and vq are calibrated on the stdlib "train" topics (token counts and
@@ -33,8 +33,9 @@ many minutes). PyTorch runs the original model (greedy, use_cache=True, torch.no
 same dtype) on the same prompts, interleaved with dirjax's rounds; on a shared,
 oversubscribed machine torch's OpenMP threads spin: `--torch-threads 1` was its faster setting
 there. `--dtype bfloat16` loads the model in bf16 (half the bytes; see docs/speed.md for where
-that helps). A quick check: `--models smollm2-135m --methods original --batches 1 --new 16
---rounds 1`.
+that helps). `--compress-only` makes the compressed embeddings and times nothing (the slow
+part: run it first, on any machine). A quick check: `--models smollm2-135m --methods original
+--batches 1 --new 16 --rounds 1`.
 """
 from __future__ import annotations
 
@@ -210,6 +211,9 @@ def main():
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's own choice)")
     parser.add_argument("--no-torch", action="store_true", help="time dirjax only")
+    parser.add_argument("--compress-only", action="store_true",
+                        help="make (or find) the compressed embeddings in --cache-dir, time "
+                             "nothing: the slow part, which a loaded machine can do")
     args = parser.parse_args()
     assert args.new >= 2, "--new must be >= 2 (the step rate is a difference of two calls)"
     batches = [int(b) for b in args.batches.split(",")]
@@ -219,6 +223,14 @@ def main():
           f"(timings above ~1.5 on a shared machine are not figures); "
           f"{jax.devices()[0].platform} ({jax.device_count()} device(s)), "
           f"{os.cpu_count()} CPU(s)", flush=True)
+    if args.compress_only:
+        for alias in args.models.split(","):
+            model, tokenizer = load_model(alias, dtype=jnp.dtype(args.dtype))
+            for m in methods:
+                if m[0] != "original":
+                    compressed(model, tokenizer, alias, m[0], float(m[1]), args.cache_dir,
+                               args.n_hidden)
+        return
     bw, probes = bandwidth()
     print(f"streaming bandwidth {bw / 1e9:.1f} GB/s (1 GiB fp32: "
           + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in probes.items())

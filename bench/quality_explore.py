@@ -4,7 +4,8 @@ Prints a table: method, rate in bytes against the fp32 table, SmolLM2-135M perpl
 first N tokens of WikiText-2 raw test with the input AND tied head replaced ("tied"), with the
 input only ("input"), and MiniLM STS-B dev Spearman x100 (input side only).
 
-    .venv/bin/python bench/quality_explore.py --data-dir ../shared/data --tokens 4096 --methods rtn_row,svd --rates 10
+    .venv/bin/python bench/quality_explore.py --data-dir ../shared/data --tokens 4096 \\
+        --methods rtn_row,svd --rates 10
     .venv/bin/python bench/quality_explore.py --list
 
 Calibration data (token frequencies and final hidden states) come from WikiText-2 *valid*,
@@ -89,7 +90,8 @@ class Smol:
         counts = np.bincount(ids, minlength=self.table.shape[0]).astype(np.float64)
         x = self.torch.tensor(ids[:n_hidden]).view(-1, WINDOW)
         with self.torch.no_grad():
-            hidden = self.model.model(input_ids=x).last_hidden_state.reshape(-1, self.table.shape[1])
+            hidden = self.model.model(input_ids=x).last_hidden_state
+            hidden = hidden.reshape(-1, self.table.shape[1])
         hidden = hidden.numpy().astype(np.float32)
         np.savez(path, counts=counts, hidden=hidden)
         return counts, hidden

@@ -17,8 +17,8 @@ The figure is the child's peak resident set (`ru_maxrss` of that child, from `os
 Loading the GGUF peaks above the loaded model, so the scoring children reset their peak after
 loading (`/proc/self/clear_refs` 5): their figure is the peak of scoring, the resident model
 included. Prints one row per way: peak RSS, its excess over the resident model, perplexity and
-wall time (both scoring paths must give the same perplexity). Memory, not speed: a loaded machine moves
-the seconds, not the peaks.
+wall time (both scoring paths must give the same perplexity). Memory, not speed: a loaded
+machine moves the seconds, not the peaks.
 """
 from __future__ import annotations
 
@@ -112,7 +112,6 @@ def main():
         return
 
     rows = {mode: measure(mode, args) for mode in MODES}
-    base = rows["load"]["peak"]
     v = rows["load"]["vocab"]
     logits = args.batch * (args.window + 1) * v * 4
     print(f"Gemma 3 270M fp32, {args.tokens} tokens of WikiText-2 raw test, [BOS] + "

@@ -25,7 +25,8 @@ def directions(table: np.ndarray, seed: int = 0) -> np.ndarray:
     """vq's u `[V, d]`: centred, rotated, rows at unit variance per entry."""
     from dirjax.compress.codec import random_rotation
     y = (table - table.mean(0)) @ random_rotation(table.shape[1], seed)
-    return (y * np.sqrt(table.shape[1]) / np.linalg.norm(y, axis=1, keepdims=True)).astype(np.float32)
+    norms = np.linalg.norm(y, axis=1, keepdims=True)
+    return (y * np.sqrt(table.shape[1]) / norms).astype(np.float32)
 
 
 def e8_points(n: int = 1 << 16, shift: float = 0.25) -> np.ndarray:
@@ -56,8 +57,8 @@ def main():
     print("|---|---|---|---|")
     for g, b in ((1, 2), (4, 8), (6, 12)):
         book = kmeans(u.reshape(-1, g), 2 ** b, seed=1, iters=20)
-        print(f"| k-means ({g}, {b}) | 2 | {2 ** b * g * 2:,} | {mse(held.reshape(-1, g), book):.4f} |",
-              flush=True)
+        print(f"| k-means ({g}, {b}) | 2 | {2 ** b * g * 2:,} | "
+              f"{mse(held.reshape(-1, g), book):.4f} |", flush=True)
     x8, h8 = u.reshape(-1, 8), held.reshape(-1, 8)
     b1 = kmeans(x8, 256, seed=2, iters=20)
     b2 = kmeans(x8 - b1[assign(x8, b1)[0]], 256, seed=3, iters=20)

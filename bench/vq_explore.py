@@ -1,4 +1,5 @@
-"""Exploration harness for the vector quantiser (SmolLM2-135M at rate 16 and 32): vector codes vs scalar.
+"""Exploration harness for the vector quantiser (SmolLM2-135M at rate 16 and 32): vector codes
+vs scalar.
 
 Prints a table: preset, target rate, rate in stored bytes against the fp32 table, perplexity
 on the first N tokens of WikiText-2 raw test with the input AND the tied head replaced
@@ -97,7 +98,8 @@ def tier_mix(emb) -> str:
             return " ".join(f"{b}b:{100 * c / n.sum():.0f}%" for b, c in enumerate(n) if c)
         return ""
     rows = emb.rows_per_tier()
-    return " ".join(f"{b / g:g}b:{100 * n / sum(rows):.0f}%" for (g, b), n in zip(emb.tiers, rows) if n)
+    return " ".join(f"{b / g:g}b:{100 * n / sum(rows):.0f}%"
+                    for (g, b), n in zip(emb.tiers, rows) if n)
 
 
 def main():
@@ -112,8 +114,10 @@ def main():
     p.add_argument("--rates", default="16,32")
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--orig", action="store_true", help="also the original-head perplexity")
-    p.add_argument("--cache", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "dirjax_vq_cache"))
-    p.add_argument("--set", default="", help="extra options for every vq preset: k=v;k=v (python literals)")
+    p.add_argument("--cache",
+                   default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "dirjax_vq_cache"))
+    p.add_argument("--set", default="",
+                   help="extra options for every vq preset: k=v;k=v (python literals)")
     p.add_argument("--list", action="store_true")
     a = p.parse_args()
     if a.list:
@@ -134,7 +138,8 @@ def main():
         return causal_perplexity(m, ids, max_length=512, progress=False)["ppl"]
 
     print(f"| original | 1 | 1.00 | {ppl(model):.2f} | - | - | - | - |", flush=True)
-    print("| preset | rate | bytes rate | tied ppl | orig head ppl | rel err | secs | rows per tier |")
+    print("| preset | rate | bytes rate | tied ppl | orig head ppl | rel err | secs "
+          "| rows per tier |")
     print("|---|---|---|---|---|---|---|---|")
     for name in a.presets.split(","):
         fn_name, opts, calib = PRESETS[name]

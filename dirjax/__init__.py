@@ -1,4 +1,4 @@
-"""dirjax: compress the token-embedding table of pretrained Transformers and measure what is kept."""
+"""dirjax: compress the token-embedding table of pretrained Transformers, measure what is kept."""
 # First, before anything below imports JAX: the process setup that every entry shares (the API,
 # a notebook, the `dirjax` command, run.py): XLA's fast CPU kernels, the compilation cache,
 # quiet libraries, other hosts joined under DIRJAX_DISTRIBUTED=1 (dirjax/runtime.py).

@@ -16,6 +16,10 @@ import re
 import sys
 from pathlib import Path
 
+from dirjax import __version__, report
+from dirjax.errors import DirjaxError
+from dirjax.experiment import run_experiment
+
 # the configs shipped in the package (a checkout's configs/ is a link to this folder)
 CONFIGS = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = str(CONFIGS / "default.py")
@@ -246,10 +250,6 @@ def run(argv: list[str], prog: str = "dirjax run") -> None:
             message = f"cannot load the config file: {message.strip().splitlines()[-1].strip()}"
         fail(f"bad command line or config: {message}")
 
-    from dirjax import report
-    from dirjax.errors import DirjaxError
-    from dirjax.experiment import run_experiment
-
     restore = catch_ctrl_c(workdir)
     try:
         rows = run_experiment(config, workdir)
@@ -275,7 +275,6 @@ def main(argv: list[str] | None = None, prog: str = "dirjax") -> None:
     if command is None or command in HELP_FLAGS or command == "help":
         print(HELP)
     elif command == "--version":
-        from dirjax import __version__
         print(f"dirjax {__version__}")
     elif command == "run":
         run([f"{prog} run", *rest], prog=f"{prog} run")

@@ -21,8 +21,14 @@ import math
 
 import ml_collections
 
+from dirjax import data as data_lib
+from dirjax.compress import METHODS, check_options, get_method
+from dirjax.compress.rate import check_rate
+from dirjax.data import glue
 from dirjax.errors import ConfigError
-from dirjax.models import DTYPES   # the dtypes a model loads in (dirjax.models.dtype_name)
+from dirjax.finetune import TREATMENTS
+from dirjax.models import DTYPES  # the dtypes a model loads in (dirjax.models.dtype_name)
+from dirjax.models.heads import POOLINGS
 
 JOBS = ("eval", "finetune")
 COMPUTE_DTYPES = ("float32", "bfloat16")   # matmul operands (accumulation is always fp32)
@@ -46,7 +52,8 @@ COMMON = {
 EVAL = {
     "task": "causal_ppl",           # causal_ppl | mlm_ppl | sts
     "dataset": "stdlib",            # stdlib | wikitext-2-raw | wikitext-2 | stsb
-    "split": "heldout",             # stdlib: heldout | train; wikitext: test | validation; stsb: validation
+    "split": "heldout",             # stdlib: heldout | train; wikitext: test | validation;
+                                    # stsb: validation
     "max_tokens": 8192,             # causal_ppl: first tokens of the stream (0 = all)
     "max_length": 512,              # window (causal) / truncation (mlm, sts) length
     "stride": 0,                    # causal_ppl: window stride (0 = max_length, no overlap)
@@ -170,9 +177,6 @@ def check_config(config) -> ml_collections.ConfigDict:
 
 
 def _check_methods_and_rates(c: dict) -> None:
-    from dirjax.compress import check_options, get_method
-    from dirjax.compress.rate import check_rate
-
     c["methods"] = _as_tuple(c["methods"], "methods")
     if not all(isinstance(m, str) and m for m in c["methods"]):
         raise ConfigError(f"config.methods must be method names, got {c['methods']!r}")
@@ -192,10 +196,10 @@ def _check_methods_and_rates(c: dict) -> None:
         raise ConfigError("config.rates is empty")
     options = _plain(c["method_options"]) or {}
     if not isinstance(options, dict):
-        raise ConfigError(f"config.method_options must map method names to options, got {options!r}")
+        raise ConfigError(f"config.method_options must map method names to options, "
+                          f"got {options!r}")
     # options of a known method left out of `methods` (e.g. --config.methods=svd on a config
     # that sets options for several) are unused; an unknown name is a typo
-    from dirjax.compress import METHODS
     stray = sorted(set(options) - set(c["methods"]) - set(METHODS))
     if stray:
         raise ConfigError(f"config.method_options names unknown method(s): {', '.join(stray)}")
@@ -213,9 +217,6 @@ def _check_methods_and_rates(c: dict) -> None:
 def _check_calibration(c: dict, method: str, spec) -> dict:
     """The calibration text of `method` ({dataset, split, n_hidden}), disjoint from the text
     the job evaluates on."""
-    from dirjax import data as data_lib
-    from dirjax.compress import get_method
-
     needs = get_method(method).needs
     if not spec:
         wikitext = c.get("dataset", "").startswith("wikitext")
@@ -241,8 +242,6 @@ def _check_calibration(c: dict, method: str, spec) -> dict:
 
 
 def _check_eval(c: dict) -> None:
-    from dirjax import data as data_lib
-
     if c["task"] not in EVAL_TASKS:
         raise ConfigError(f"config.task must be one of {', '.join(EVAL_TASKS)}, got {c['task']!r}")
     if c["dataset"] not in EVAL_TASKS[c["task"]][1]:
@@ -265,15 +264,12 @@ def _check_eval(c: dict) -> None:
         raise ConfigError(f"config.mlm_probability must be in (0, 1), got {c['mlm_probability']}")
     c["outputs"] = _as_tuple(c["outputs"], "outputs")
     if not c["outputs"] or any(o not in OUTPUTS for o in c["outputs"]):
-        raise ConfigError(f"config.outputs must be a non-empty list of {OUTPUTS}, got {c['outputs']!r}")
+        raise ConfigError(f"config.outputs must be a non-empty list of {OUTPUTS}, "
+                          f"got {c['outputs']!r}")
     data_lib.normalise_split(c["dataset"], c["split"])
 
 
 def _check_finetune(c: dict) -> None:
-    from dirjax.data import glue
-    from dirjax.finetune import TREATMENTS
-    from dirjax.models.heads import POOLINGS
-
     c["tasks"] = _as_tuple(c["tasks"], "tasks")
     if not c["tasks"]:
         raise ConfigError("config.tasks is empty")

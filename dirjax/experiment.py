@@ -37,18 +37,29 @@ from tqdm.auto import tqdm
 
 from dirjax import data as data_lib
 from dirjax import finetune as ft
-from dirjax import report
-from dirjax import saved   # saved.load_model: a saved folder or a source (through
-                           # dirjax.models.load_model, which tests replace)
+
+# saved.load_model: a saved folder or a source (through dirjax.models.load_model, which tests
+# replace)
+from dirjax import report, saved
 from dirjax.compress import compress, get_method, rank_for_rate
-from dirjax.compress.cache import (CompressionCache, compression_key, digest, model_fingerprint,
-                                   tokenizer_fingerprint)
+from dirjax.compress.cache import (
+    CompressionCache,
+    compression_key,
+    digest,
+    model_fingerprint,
+    tokenizer_fingerprint,
+)
 from dirjax.compress.calib import collect
 from dirjax.config import EVAL_TASKS, base_config, check_config
 from dirjax.embedding import compression_rate, swap_embedding
 from dirjax.errors import ConfigError, DataError
-from dirjax.evaluate import (causal_perplexity, mask_lines, mlm_perplexity, sts_spearman,
-                             tokenize_stream)
+from dirjax.evaluate import (
+    causal_perplexity,
+    mask_lines,
+    mlm_perplexity,
+    sts_spearman,
+    tokenize_stream,
+)
 from dirjax.evaluate.perplexity import bos_of
 from dirjax.models.generate import generate
 

@@ -40,11 +40,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from dirjax.errors import ConfigError
 from dirjax.data.glue import Examples, get_task
 from dirjax.data.squad import Example
+from dirjax.errors import ConfigError
 from dirjax.evaluate import glue, squad
 from dirjax.evaluate.batching import eval_order, length_grouped_order, pad_batch
 from dirjax.models.heads import SequenceHead, SpanHead
@@ -118,7 +119,8 @@ def count(tree) -> int:
 
 def cast(tree, dtype):
     """Floating arrays of `tree` in `dtype` (the bf16 compute copy; gradients flow through)."""
-    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 def optimizer(cfg: TrainConfig, updates: int) -> optax.GradientTransformation:
@@ -156,8 +158,11 @@ def span_loss(model, batch, key):
     """Mean of start and end cross-entropies of a SpanHead (padding positions excluded)."""
     start, end = model(batch["ids"], batch["mask"], batch["token_type_ids"], dropout_key=key)
     pad = batch["mask"] == 0
-    ce = lambda logits, y: optax.softmax_cross_entropy_with_integer_labels(
-        jnp.where(pad, -1e9, logits.astype(jnp.float32)), y)
+
+    def ce(logits, y):
+        return optax.softmax_cross_entropy_with_integer_labels(
+            jnp.where(pad, -1e9, logits.astype(jnp.float32)), y)
+
     per = 0.5 * (ce(start, batch["start"]) + ce(end, batch["end"]))
     return jnp.sum(per * batch["weight"]) / jnp.maximum(jnp.sum(batch["weight"]), 1.0)
 
@@ -208,7 +213,8 @@ def fit(model, loss_fn: Callable, train_batches: Callable[[int], Iterator[dict]]
         return jax.tree.map(lambda x: x.astype(jnp.float32), out)
 
     def predict(batch):
-        return jax.tree.map(np.asarray, predict_step(trainable, frozen, jax.device_put(batch, data)))
+        return jax.tree.map(np.asarray,
+                            predict_step(trainable, frozen, jax.device_put(batch, data)))
 
     ckpt = checkpointer(ckpt_dir)
     history, start = [], 0
@@ -260,7 +266,8 @@ def restore(ckpt, trainable, opt_state, sharding):
     """(trainable, opt_state, history) of the latest checkpoint, placed like the live ones."""
     import orbax.checkpoint as ocp
     target = {"params": nnx.to_pure_dict(trainable), "opt": opt_state}
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), target)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), target)
     got = ckpt.restore(ckpt.latest_step(), args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()))
     nnx.replace_by_pure_dict(trainable, got.state["params"])

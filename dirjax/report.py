@@ -31,6 +31,8 @@ import os
 import textwrap
 from pathlib import Path
 
+from dirjax.compress import METHODS
+from dirjax.errors import DataError, DirjaxError
 from dirjax.fileio import atomic_write  # noqa: F401  (the writer of every results file)
 
 UNCOMPRESSED = "original"          # the stored method of the uncompressed model's row
@@ -260,7 +262,6 @@ def seed_summary(rows: list[dict]) -> str:
 
 
 def _low_rank(method: str) -> bool:
-    from dirjax.compress import METHODS
     return method in METHODS and METHODS[method].low_rank
 
 
@@ -644,7 +645,6 @@ class Results:
     appends, and rewrites the files. Rows are never dropped."""
 
     def __init__(self, workdir: str | os.PathLike):
-        from dirjax.errors import DataError
         self.workdir = Path(workdir)
         path = self.workdir / "results.json"
         self.rows: list[dict] = []
@@ -662,7 +662,6 @@ class Results:
         return next((r for r in self.rows if r.get("key") == key), None)
 
     def put(self, row: dict) -> None:
-        from dirjax.errors import DirjaxError
         at = next((i for i, r in enumerate(self.rows) if r.get("key") == row["key"]), None)
         if at is None:
             self.rows.append(row)

@@ -70,6 +70,7 @@ from dirjax.models import (
     source_ref,
 )
 from dirjax.models.gguf import gguf_tokenizer, read_gguf
+from dirjax.models.tokenizer_export import save_export_tokenizer, source_tokenizer
 from dirjax.models.weights import load_tokenizer, read_config, read_safetensors
 
 MODEL_FILE = "dirjax_model.json"
@@ -599,7 +600,6 @@ def _source_checkpoint(source: str):
         config, state = read_gguf(path)
 
         def write_tokenizer(out: Path):
-            from dirjax.models.tokenizer_export import save_export_tokenizer
             tok = gguf_tokenizer(path)
             save_export_tokenizer(tok, out)     # loads under transformers 4.57 and 5.x alike
             for name, key in (("bos_token_id", "bos_token"), ("eos_token_id", "eos_token"),
@@ -610,7 +610,6 @@ def _source_checkpoint(source: str):
     config, state = read_config(path), read_safetensors(path)
 
     def copy_tokenizer(out: Path):
-        from dirjax.models.tokenizer_export import save_export_tokenizer, source_tokenizer
         tok = source_tokenizer(path, config)   # the source's, as dirjax loads it (5.x)
         if tok is not None:                    # rewritten: loads under 4.57 and 5.x alike
             save_export_tokenizer(tok, out)

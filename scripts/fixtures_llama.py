@@ -75,7 +75,8 @@ def tokenizer():
 def batch(tok, texts) -> dict[str, np.ndarray]:
     enc = tok(texts, padding=True, return_tensors="np")
     assert tok.padding_side == "right"
-    return {"ids": enc["input_ids"].astype(np.int32), "mask": enc["attention_mask"].astype(np.int32)}
+    return {"ids": enc["input_ids"].astype(np.int32),
+            "mask": enc["attention_mask"].astype(np.int32)}
 
 
 def save(model, tok, directory: Path):
@@ -154,7 +155,8 @@ def smollm2() -> dict[str, np.ndarray]:
         full = model(ids).logits[0].numpy()
     france = tok(FRANCE, return_tensors="pt")
     with torch.no_grad():
-        cont = model.generate(**france, max_new_tokens=8, do_sample=False)[0, france["input_ids"].shape[1]:]
+        generated = model.generate(**france, max_new_tokens=8, do_sample=False)
+        cont = generated[0, france["input_ids"].shape[1]:]
     print(f"  SmolLM2 greedy: {FRANCE!r} -> {tok.decode(cont)!r}")
     out = {"prompt_ids": ids[0].numpy().astype(np.int32), "positions": positions,
            "logits": full[positions].astype(np.float32),

@@ -12,8 +12,9 @@ import pytest
 
 # The suite's tiny programs spend more time compiling (~40% of its CPU) than running: XLA:CPU's
 # older fusion emitter and LLVM at -O0 compile them faster (2026-12-02, 2 workers: -O0 took the
-# suite from 2 min 55 s to 2 min 17 s, the old emitter from 2 min 10 s to 1 min 40 s). The programs compute the same (the HLO passes that fix the numerics still run);
-# only their machine code is less tuned. run.py and the benches keep XLA's defaults.
+# suite from 2 min 55 s to 2 min 17 s, the old emitter from 2 min 10 s to 1 min 40 s). The
+# programs compute the same (the HLO passes that fix the numerics still run); only their
+# machine code is less tuned. run.py and the benches keep XLA's defaults.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=4"
                            " --xla_backend_optimization_level=0"

@@ -10,8 +10,8 @@ import sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 os.environ["JAX_PLATFORMS"] = "cpu"
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax  # noqa: E402  (after XLA_FLAGS / JAX_PLATFORMS above)
+import numpy as np  # noqa: E402  (after the environment above, with jax)
 
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
@@ -21,6 +21,7 @@ def main(port: str, process_id: str, out: str) -> None:
     assert jax.process_count() == 2 and len(jax.devices()) == 4 and len(jax.local_devices()) == 2
     sys.path.insert(0, os.path.dirname(__file__))
     from test_multihost import OPTIONS, RANK, table
+
     from dirjax.compress.train import AEOptions, train_autoencoder
     codes, weight, bias, _ = train_autoencoder(table(), RANK, AEOptions(**OPTIONS))
     if jax.process_index() == 0:

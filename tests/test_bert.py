@@ -46,7 +46,8 @@ def inputs(g):
 def test_structure(loaded):
     model, tok = loaded
     assert isinstance(model, Bert)
-    assert (model.config.vocab_size, model.config.hidden_size, model.config.num_layers) == (1000, 64, 2)
+    config = model.config
+    assert (config.vocab_size, config.hidden_size, config.num_layers) == (1000, 64, 2)
     assert model.tied and model.out_embedding is model.embedding
     assert model.pooler is None  # BertForMaskedLM has no pooler
     assert len(tok) == 1000 and tok.padding_side == "right"
@@ -55,8 +56,10 @@ def test_structure(loaded):
 def test_mlm_logits_and_hidden_match_transformers(loaded, golden):
     model, _ = loaded
     assert np.abs(golden["logits"]).max() > 1
-    np.testing.assert_allclose(logits_of(model, *inputs(golden)), golden["logits"], atol=1e-4, rtol=0)
-    np.testing.assert_allclose(encode_of(model, *inputs(golden)), golden["hidden"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(logits_of(model, *inputs(golden)), golden["logits"],
+                               atol=1e-4, rtol=0)
+    np.testing.assert_allclose(encode_of(model, *inputs(golden)), golden["hidden"],
+                               atol=1e-4, rtol=0)
 
 
 def test_tokenizer_reproduces_golden_batch(loaded, golden):
@@ -77,7 +80,8 @@ def test_padding_leaves_real_positions_alone(loaded, golden):
                       jnp.asarray(golden["token_type_ids"][i:i + 1, :n]))
     np.testing.assert_allclose(alone[0], golden["hidden"][i, :n], atol=1e-4, rtol=0)
     # and the mask matters: without it the pad tokens change the real positions
-    unmasked = encode_of(model, jnp.asarray(golden["ids"]), None, jnp.asarray(golden["token_type_ids"]))
+    unmasked = encode_of(model, jnp.asarray(golden["ids"]), None,
+                         jnp.asarray(golden["token_type_ids"]))
     assert np.abs(np.asarray(unmasked)[i, :n] - golden["hidden"][i, :n]).max() > 1e-2
 
 
@@ -104,7 +108,8 @@ def test_bert_model_checkpoint(tmp_path, golden):
     h = encode_of(model, *inputs(golden))
     np.testing.assert_allclose(h, golden["hidden"], atol=1e-4, rtol=0)
     # HF pooler: tanh(W h[CLS] + b), W stored [out, in]
-    ref = np.tanh(golden["hidden"][:, 0] @ state["pooler.dense.weight"].T + state["pooler.dense.bias"])
+    ref = np.tanh(golden["hidden"][:, 0] @ state["pooler.dense.weight"].T
+                  + state["pooler.dense.bias"])
     np.testing.assert_allclose(model.pool(h), ref, atol=1e-5, rtol=0)
 
 
@@ -120,7 +125,8 @@ def test_mean_pool_ignores_padding():
 
 
 def test_minilm_sentence_embeddings_match_transformers():
-    """Real weights: all-MiniLM-L6-v2 (offline package), mean-pooled, against transformers-PyTorch."""
+    """Real weights: all-MiniLM-L6-v2 (offline package), mean-pooled, against
+    transformers-PyTorch."""
     g = dict(np.load(FIXTURES / "golden_minilm.npz"))
     model, tok = load_model("minilm-l6")
     assert model.config.vocab_size == 30522 and model.config.hidden_size == 384

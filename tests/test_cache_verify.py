@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from test_gguf import write_tiny_gguf
 
 from dirjax import models
 from dirjax.models import load_model, resolve_alias
-from test_gguf import write_tiny_gguf
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PACKAGE = "fake_tiny_chunked"

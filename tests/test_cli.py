@@ -22,7 +22,7 @@ def run(*args, cwd):
 
 def assert_one_line_error(proc, *words):
     assert proc.returncode == 1, proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     for w in words:
         assert w in lines[0], lines[0]
@@ -174,8 +174,8 @@ def test_ctrl_c_mid_run_is_one_line_and_exit_130(tmp_path):
     assert proc.returncode == 130, err
     # what is left once the progress bars' lines (tqdm: `|...| n/N [...]`, cursor moves) go
     ansi = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-    lines = [l for l in ansi.sub("", err).replace("\r", "\n").splitlines()
-             if l.strip() and not re.search(r"\|.*\d+/\d+ \[", l)]
+    lines = [line for line in ansi.sub("", err).replace("\r", "\n").splitlines()
+             if line.strip() and not re.search(r"\|.*\d+/\d+ \[", line)]
     assert lines == [f"interrupted: rerun the same command to resume (finished rows are kept "
                      f"in {workdir / 'results.json'})"], err
     rows = json.loads((workdir / "results.json").read_text())

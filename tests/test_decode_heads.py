@@ -105,10 +105,11 @@ def test_attend_reads_codes_as_the_table_gives(name, small_blocks):
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_attend_chunk_any_start_and_size(name, small_blocks):
+@pytest.mark.parametrize("tokens", [1, 5])     # vq: its lookup-table path, its decoding path
+def test_attend_chunk_any_start_and_size(name, tokens, small_blocks):
     emb = embedding(name)
     tab = np.asarray(emb.table())
-    h = jnp.asarray(np.random.default_rng(2).standard_normal((5, D)), jnp.float32)
+    h = jnp.asarray(np.random.default_rng(2).standard_normal((tokens, D)), jnp.float32)
     want = np.asarray(h) @ tab.T
     graphdef, state = nnx.split(emb)
     for size in (1, 64, 100, 300, V):

@@ -30,7 +30,8 @@ def test_one_rate_end_to_end_writes_everything_and_reuses_compressions(tmp_path)
     rows = run_experiment(tiny_config(), tmp_path)
     # original + 2 methods x 1 rate x 2 outputs
     assert [(r["method"], r["output"]) for r in rows] == [
-        ("original", None), ("svd", "tied"), ("svd", "original"), ("ae", "tied"), ("ae", "original")]
+        ("original", None), ("svd", "tied"), ("svd", "original"), ("ae", "tied"),
+        ("ae", "original")]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved == json.loads(json.dumps(rows))
     md = (tmp_path / "results.md").read_text()
@@ -47,7 +48,8 @@ def test_one_rate_end_to_end_writes_everything_and_reuses_compressions(tmp_path)
         assert r["embedding_bytes"] == 4 * (1000 * 14 + 14 * 64 + 64)
         # the tiny Llama is tied: output "original" keeps the fp32 table for the head
         head = 1000 * 64 * 4 if r["output"] == "original" else 0
-        assert r["model_bytes"] == original["model_bytes"] - 1000 * 64 * 4 + r["embedding_bytes"] + head
+        assert r["model_bytes"] == (original["model_bytes"] - 1000 * 64 * 4
+                                    + r["embedding_bytes"] + head)
         assert r["value"] > 0 and r["tokens"] == original["tokens"] and not r["reused"]
         assert Path(r["embedding_dir"]).is_dir() and 0 < r["mean_cosine"] < 1
         # the exact SVD for a table this small (the AE starts at random: no SVD computed)

@@ -52,7 +52,8 @@ def check_round_trip(model, emb, output, folder):
     np.testing.assert_array_equal(got, logits(dense, ids, mask))
     np.testing.assert_allclose(got, logits(small, ids, mask), atol=2e-5, rtol=0)
     np.testing.assert_array_equal(np.asarray(back.embedding.table()), np.asarray(emb.table()))
-    return back, json.loads((out / "config.json").read_text()), load_file(str(out / "model.safetensors"))
+    return (back, json.loads((out / "config.json").read_text()),
+            load_file(str(out / "model.safetensors")))
 
 
 @pytest.mark.parametrize("output", ["tied", "original"])
@@ -130,7 +131,8 @@ def test_matches_transformers_loading_the_export(name, tmp_path):
     (golden fixture; redone here deterministically from the tiny fixture)."""
     golden = dict(np.load(FIXTURES / f"golden_export_{name}.npz"))
     model, tok = load_model(FIXTURES / str(golden["fixture"]))
-    emb = compress(model.embedding.table(), rate=float(golden["rate"]), method=str(golden["method"]))
+    emb = compress(model.embedding.table(), rate=float(golden["rate"]),
+                   method=str(golden["method"]))
     small = swap_embedding(model, emb, str(golden["output"]))
     np.testing.assert_array_equal(encode_texts(tok, golden["texts"])[0], golden["ids"])
     real = golden["mask"] > 0     # (padded positions: each library's own convention)

@@ -6,7 +6,7 @@
     the name and the old one is not yet removed): the folder is always a whole saved model;
   - the chunked alias's assembly into the cache: no file or the whole verified one.
 
-    .venv/bin/python -m pytest -m slow tests/test_faults.py     (~7 min on 2 cores)
+    .venv/bin/python -m pytest -m slow tests/test_faults.py     (~8 min on 2 cores)
 """
 import json
 import os
@@ -237,8 +237,9 @@ def test_alias_assembly_killed_at_random_moments(tmp_path, monkeypatch):
     and nothing else."""
     import hashlib
 
-    from dirjax import models
     from test_cache_verify import make_package
+
+    from dirjax import models
 
     blob = tmp_path / "blob"
     blob.write_bytes(random.Random(2).randbytes(48 << 20))

@@ -8,11 +8,11 @@ import pytest
 from flax import nnx
 from jax.sharding import Mesh
 
-from dirjax import load_model, swap_embedding
 from dirjax import finetune as ft
+from dirjax import load_model, swap_embedding
+from dirjax.data import glue
 from dirjax.embedding import LowRankEmbedding
 from dirjax.errors import ConfigError
-from dirjax.data import glue
 from dirjax.models.heads import SequenceHead, SpanHead
 
 TINY_BERT = Path(__file__).parent / "fixtures" / "tiny-bert"
@@ -25,7 +25,8 @@ def tiny(rank: int | None = 8):
     if rank is None:
         return model, tok
     u, s, vt = np.linalg.svd(np.asarray(model.embedding.table()), full_matrices=False)
-    emb = LowRankEmbedding(u[:, :rank] * s[:rank], vt[:rank], np.full(vt.shape[1], 0.01, np.float32))
+    emb = LowRankEmbedding(u[:, :rank] * s[:rank], vt[:rank],
+                           np.full(vt.shape[1], 0.01, np.float32))
     return swap_embedding(model, emb), tok
 
 
@@ -112,7 +113,8 @@ def test_four_devices_equal_one_device():
     gradient itself (Adam's first step, ~lr * sign(g), would amplify float noise in
     gradients that are exactly 0 in theory, such as the attention key bias)."""
     import optax
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
     assert len(jax.devices()) == 4
     model, _ = tiny()
     head = SequenceHead(model, 3, rngs=nnx.Rngs(0))
@@ -275,7 +277,8 @@ def test_mean_pooling_reads_only_real_tokens():
     b16, b32 = batch(), ft.pad_batch(*_rows_types(), 8, 32)
     ids, mask = jnp.asarray(b16["ids"]), jnp.asarray(b16["mask"])
     out16 = head(ids, mask, jnp.asarray(b16["token_type_ids"]))
-    out32 = head(jnp.asarray(b32["ids"]), jnp.asarray(b32["mask"]), jnp.asarray(b32["token_type_ids"]))
+    out32 = head(jnp.asarray(b32["ids"]), jnp.asarray(b32["mask"]),
+                 jnp.asarray(b32["token_type_ids"]))
     np.testing.assert_allclose(out16, out32, atol=1e-5)
     h = np.asarray(model.encode(ids, mask, jnp.asarray(b16["token_type_ids"])))
     m = b16["mask"][..., None]

@@ -14,7 +14,8 @@ def data_dir(tmp_path_factory):
     """A tiny RTE (24 pairs) under glue/RTE/{train,dev}.tsv."""
     root = tmp_path_factory.mktemp("data")
     rows = ["sentence1\tsentence2\tlabel\tidx"] + [
-        f"{a} movie.\tit was {a}.\t{int(a == 'bad')}\t{i}" for i, a in enumerate(["good", "bad"] * 12)]
+        f"{a} movie.\tit was {a}.\t{int(a == 'bad')}\t{i}"
+        for i, a in enumerate(["good", "bad"] * 12)]
     (root / "glue/RTE").mkdir(parents=True)
     for split in ("train", "dev"):
         (root / f"glue/RTE/{split}.tsv").write_text("\n".join(rows) + "\n")
@@ -42,7 +43,7 @@ def test_tiny_finetune_through_run_py_then_reruns(tmp_path, data_dir, run_here):
     original, svd = rows
     from dirjax.compress import rank_for_rate
     assert svd["rank"] == rank_for_rate(1000, 64, 10.0) and original["rank"] is None
-    assert svd["output"] is None and svd["svd_solver"] == "exact"      # one schema: None, not "none"
+    assert svd["output"] is None and svd["svd_solver"] == "exact"  # one schema: None, not "none"
     assert svd["embedding_bytes"] < original["embedding_bytes"] == 1000 * 64 * 4
     assert svd["lr"] == 1e-3 and svd["seed"] == 1 and svd["method_options"] == {}
 

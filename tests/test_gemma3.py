@@ -223,7 +223,8 @@ def test_mismatched_shape_is_a_weights_error():
         gemma3.from_state(dataclasses.replace(config, num_kv_heads=4), state)
     bad = dict(state)
     bad["model.layers.2.self_attn.q_norm.weight"] = np.zeros(16, np.float32)
-    with pytest.raises(WeightsError, match=r"layers\.2\.self_attn\.q_norm\.weight.*\(16,\).*\(32,\)"):
+    with pytest.raises(WeightsError,
+                       match=r"layers\.2\.self_attn\.q_norm\.weight.*\(16,\).*\(32,\)"):
         gemma3.from_state(config, bad)
     del bad["model.layers.3.post_feedforward_layernorm.weight"]
     bad["model.layers.2.self_attn.q_norm.weight"] = state["model.layers.2.self_attn.q_norm.weight"]
@@ -244,7 +245,8 @@ def test_config_spellings():
     multimodal = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
                   "text_config": v5, "vision_config": {"model_type": "siglip_vision_model"}}
     assert gemma3.Gemma3Config.from_hf(multimodal) == want
-    for bad, match in (({"rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 4.0}}}, "yarn"),
+    yarn = {"full_attention": {"rope_type": "yarn", "factor": 4.0}}
+    for bad, match in (({"rope_parameters": yarn}, "yarn"),
                        ({"use_bidirectional_attention": True}, "bidirectional"),
                        ({"hidden_activation": "silu"}, "silu"),
                        ({"layer_types": ["sliding_attention"] * 3}, "layer_types")):
@@ -259,7 +261,8 @@ def test_multimodal_checkpoint_gives_its_text_decoder(tmp_path, golden, tiny_log
 
     state = {k.replace("model.", "model.language_model.", 1): v
              for k, v in read_safetensors(TINY).items()}
-    state["model.vision_tower.vision_model.embeddings.patch_embedding.weight"] = np.zeros((8, 3, 2, 2), np.float32)
+    state["model.vision_tower.vision_model.embeddings.patch_embedding.weight"] = np.zeros(
+        (8, 3, 2, 2), np.float32)
     save_file(state, str(tmp_path / "model.safetensors"))
     config = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
               "text_config": json.loads((TINY / "config.json").read_text())}
@@ -311,7 +314,8 @@ def write_tiny_gguf(path: Path) -> Path:
     w.add_pad_token_id(config["pad_token_id"])
     w.add_add_bos_token(False)
     names = {hf.format(i=i): ggml.format(i=i)  # HF name -> llama.cpp name
-             for ggml, hf in GEMMA3_TENSOR_NAMES.items() for i in range(config["num_hidden_layers"])}
+             for ggml, hf in GEMMA3_TENSOR_NAMES.items()
+             for i in range(config["num_hidden_layers"])}
     for hf, x in state.items():
         if hf == "lm_head.weight":
             continue  # tied: llama.cpp writes no output.weight
@@ -341,7 +345,8 @@ def test_gguf_gives_hf_tensors_and_config(tiny_gguf):
     # llama.cpp scales scores by head_dim^-0.5 (no key for query_pre_attn_scalar but in the 27B)
     # and the file keeps eps in fp32
     assert got.rms_norm_eps == pytest.approx(1e-6, rel=1e-6)
-    assert got == dataclasses.replace(want, query_pre_attn_scalar=32.0, rms_norm_eps=got.rms_norm_eps)
+    assert got == dataclasses.replace(want, query_pre_attn_scalar=32.0,
+                                      rms_norm_eps=got.rms_norm_eps)
 
 
 def test_gguf_model_and_tokenizer(tiny_gguf, tiny, golden):
@@ -381,8 +386,8 @@ from pathlib import Path
 MODEL_NAME = "model.gguf"
 EXPECTED_SHA256 = "{sha}"
 def chunk_paths():
-    return [Path(import_module(f"{name}_part{{i + 1}}").__file__).parent / "data" / f"model.gguf.part{{i:02d}}"
-            for i in range({len(chunks)})]
+    return [Path(import_module(f"{name}_part{{i + 1}}").__file__).parent / "data"
+            / f"model.gguf.part{{i:02d}}" for i in range({len(chunks)})]
 ''')
 
 
@@ -393,7 +398,8 @@ def fake_alias(tmp_path, monkeypatch):
 
     def make(name, chunks, sha=None):
         fake_chunked_package(tmp_path / "site", name, chunks, sha)
-        monkeypatch.setitem(models.ALIASES, "fake", (name, "model.gguf", f"{name}==1.0 {name}-part1==1.0"))
+        monkeypatch.setitem(models.ALIASES, "fake",
+                            (name, "model.gguf", f"{name}==1.0 {name}-part1==1.0"))
         monkeypatch.setattr(models, "CHUNKED", models.CHUNKED | {"fake"})
         return "fake"
 

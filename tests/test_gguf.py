@@ -144,7 +144,8 @@ def test_quantised_gguf_is_dequantised(tmp_path):
         bound = np.abs(original[name]).max() / 127 * 0.6
         err = np.abs(x - original[name]).max()
         assert err <= bound, (name, err, bound)
-    assert np.abs(state["model.embed_tokens.weight"] - original["model.embed_tokens.weight"]).max() > 0
+    assert np.abs(state["model.embed_tokens.weight"]
+                  - original["model.embed_tokens.weight"]).max() > 0
 
 
 def test_corrupt_gguf_raises_weights_error(tmp_path, tiny_gguf):

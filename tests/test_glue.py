@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dirjax.errors import ConfigError, DataError
 from dirjax.data import glue as glue_data
+from dirjax.errors import ConfigError, DataError
 from dirjax.evaluate import glue
 
 PRED = np.array([1, 1, 0, 1, 0, 0, 1, 0])
@@ -58,7 +58,8 @@ def test_score_uses_each_tasks_metrics():
 
 
 def test_predictions_argmax_or_score():
-    assert list(glue.predictions(glue.get_task("rte"), np.array([[0.1, 2.0], [3.0, -1.0]]))) == [1, 0]
+    rte = glue.predictions(glue.get_task("rte"), np.array([[0.1, 2.0], [3.0, -1.0]]))
+    assert list(rte) == [1, 0]
     np.testing.assert_array_equal(glue.predictions(glue.get_task("stsb"), np.array([[4.5], [0.2]])),
                                   [4.5, 0.2])
 

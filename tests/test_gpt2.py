@@ -43,7 +43,8 @@ def encode_of(model, ids, mask=None):
 def test_structure(loaded):
     model, tok = loaded
     assert isinstance(model, GPT2)
-    assert (model.config.vocab_size, model.config.hidden_size, model.config.num_layers) == (1000, 64, 2)
+    config = model.config
+    assert (config.vocab_size, config.hidden_size, config.num_layers) == (1000, 64, 2)
     assert isinstance(model.embedding, embedding.Embedding)
     assert model.tied and model.out_embedding is model.embedding
     assert model.embedding.table().dtype == jnp.float32

@@ -127,7 +127,8 @@ def test_swap_identity_and_other_table(tied, golden):
     np.testing.assert_array_equal(forward(same, ids, mask), base)
 
     table = np.asarray(model.embedding.table())
-    other = Embedding(table + np.random.default_rng(0).normal(0, 0.05, table.shape).astype(np.float32))
+    noise = np.random.default_rng(0).normal(0, 0.05, table.shape).astype(np.float32)
+    other = Embedding(table + noise)
     keep_head = swap_embedding(model, other, output="original")
     both = swap_embedding(model, other, output="tied")
     assert keep_head.out_embedding is not keep_head.embedding

@@ -66,14 +66,15 @@ def test_directory_without_config(tmp_path):
 
 
 def test_unsupported_architecture(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["T5ForConditionalGeneration"],
-                                                      "model_type": "t5"}))
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"architectures": ["T5ForConditionalGeneration"], "model_type": "t5"}))
     with pytest.raises(UnknownSourceError, match="T5ForConditionalGeneration"):
         load_model(tmp_path)
 
 
-@pytest.mark.parametrize("name,key", [("tiny-gpt2", "transformer.h.1.mlp.c_fc.weight"),
-                                      ("tiny-bert", "bert.encoder.layer.0.attention.self.query.weight")])
+@pytest.mark.parametrize("name,key", [
+    ("tiny-gpt2", "transformer.h.1.mlp.c_fc.weight"),
+    ("tiny-bert", "bert.encoder.layer.0.attention.self.query.weight")])
 def test_mismatched_shape(tmp_path, name, key):
     copy_fixture(name, tmp_path)
     state = load_file(tmp_path / "model.safetensors")
@@ -107,7 +108,8 @@ def test_corrupt_safetensors(tmp_path, damage):
     copy_fixture("tiny-bert", tmp_path)
     f = tmp_path / "model.safetensors"
     data = f.read_bytes()
-    f.write_bytes(b"this is not a safetensors file" if damage == "garbage" else data[: len(data) // 2])
+    f.write_bytes(b"this is not a safetensors file" if damage == "garbage"
+                  else data[: len(data) // 2])
     with pytest.raises(WeightsError) as err:
         load_model(tmp_path)
     assert "model.safetensors" in one_line(err)

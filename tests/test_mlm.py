@@ -9,8 +9,7 @@ from flax import nnx
 from transformers import BertTokenizer
 
 from dirjax.errors import DataError
-from dirjax.evaluate.perplexity import (choose_masked_words, mask_lines, mlm_perplexity,
-                                        word_spans)
+from dirjax.evaluate.perplexity import choose_masked_words, mask_lines, mlm_perplexity, word_spans
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "un",
          "##believ", "##able", "##s", "play", "##ing", ".", "dog", "ran", "far", "##ther", "a",

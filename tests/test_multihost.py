@@ -22,7 +22,8 @@ WORKER = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
 
 def table():
     rng = np.random.default_rng(7)
-    t = rng.standard_normal((150, 3)) @ rng.standard_normal((3, 12)) + 0.05 * rng.standard_normal((150, 12))
+    t = (rng.standard_normal((150, 3)) @ rng.standard_normal((3, 12))
+         + 0.05 * rng.standard_normal((150, 12)))
     return t.astype(np.float32)
 
 
@@ -46,7 +47,8 @@ def test_two_processes_train_like_one(tmp_path):
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-3000:]
     multi = np.load(out)
-    codes, weight, bias, _ = train_autoencoder(table(), RANK, AEOptions(**OPTIONS, devices=jax.devices()[:1]))
+    codes, weight, bias, _ = train_autoencoder(table(), RANK,
+                                               AEOptions(**OPTIONS, devices=jax.devices()[:1]))
     np.testing.assert_allclose(multi["codes"], codes, atol=1e-5)
     np.testing.assert_allclose(multi["weight"], weight, atol=1e-5)
     np.testing.assert_allclose(multi["bias"], bias, atol=1e-5)

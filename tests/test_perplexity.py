@@ -10,8 +10,12 @@ import pytest
 from flax import nnx
 
 from dirjax.errors import ConfigError
-from dirjax.evaluate.perplexity import (causal_perplexity, sliding_windows, tokenize_stream,
-                                        window_arrays)
+from dirjax.evaluate.perplexity import (
+    causal_perplexity,
+    sliding_windows,
+    tokenize_stream,
+    window_arrays,
+)
 
 V = 37
 

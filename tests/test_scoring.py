@@ -56,6 +56,7 @@ def test_token_nll_with_soft_capping_and_a_head_without_attend_chunk(tiny):
     targets = jax.random.randint(jax.random.PRNGKey(1), (2, 7), 0, table.shape[0])
     full = token_nll(fake, h, targets, chunk=None)
     logits = 3.0 * jnp.tanh((h @ table.T) / 3.0)
-    want = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+    want = (jax.nn.logsumexp(logits, -1)
+            - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0])
     np.testing.assert_allclose(full, want, rtol=1e-6)
     np.testing.assert_allclose(token_nll(fake, h, targets, chunk=96), full, rtol=1e-5)

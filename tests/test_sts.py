@@ -1,4 +1,5 @@
-"""STS: mask-weighted mean pooling, cosine, Spearman vs gold, independent of padding and batching."""
+"""STS: mask-weighted mean pooling, cosine, Spearman vs gold, independent of padding and
+batching."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,7 +38,10 @@ def random_pairs(n, seed=0):
     rng = np.random.default_rng(seed)
     words = ["a", "man", "woman", "is", "dancing", "riding", "horse", "child", "the", "car",
              "red", "blue", "playing", "guitar"]
-    sent = lambda: " ".join(rng.choice(words, size=rng.integers(2, 12)))
+
+    def sent():
+        return " ".join(rng.choice(words, size=rng.integers(2, 12)))
+
     return SentencePairs([sent() for _ in range(n)], [sent() for _ in range(n)],
                          list(rng.uniform(0, 5, size=n)))
 

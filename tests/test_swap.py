@@ -23,8 +23,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # family -> (fixture, input-embedding key, untied head key, golden)
 FAMILIES = {
     "gpt2": ("tiny-gpt2", "transformer.wte.weight", "lm_head.weight", "golden_gpt2.npz"),
-    "bert": ("tiny-bert", "bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight",
-             "golden_bert.npz"),
+    "bert": ("tiny-bert", "bert.embeddings.word_embeddings.weight",
+             "cls.predictions.decoder.weight", "golden_bert.npz"),
 }
 
 
@@ -108,7 +108,8 @@ def test_other_table_tied_changes_both_sides(case, tmp_path):
     got = np.asarray(logits_of(swapped, ids, mask))
     reference = rewritten(family, tmp_path, new_input=new, head=None)
     np.testing.assert_allclose(got, logits_of(reference, ids, mask), atol=1e-4, rtol=0)
-    original_head = np.asarray(logits_of(swap_embedding(model, Embedding(new), "original"), ids, mask))
+    original_head = np.asarray(logits_of(swap_embedding(model, Embedding(new), "original"),
+                                         ids, mask))
     assert np.abs(got - original_head).max() > 1e-2  # the head did change too
 
 

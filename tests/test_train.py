@@ -1,5 +1,7 @@
-"""Sharded AE training: 1 device == 4 devices, and a stopped + resumed run == an uninterrupted one."""
+"""Sharded AE training: 1 device == 4 devices, and a stopped + resumed run == an uninterrupted
+one."""
 import gc
+
 import jax
 import numpy as np
 import pytest
@@ -11,7 +13,8 @@ from dirjax.compress.train import AEOptions, batch_plan, train_autoencoder
 def table(v=203, d=16, r=4, seed=0):
     """A low-rank-plus-noise table; 203 rows: the last batch of 8 is partial."""
     rng = np.random.default_rng(seed)
-    t = rng.standard_normal((v, r)) @ rng.standard_normal((r, d)) + 0.05 * rng.standard_normal((v, d))
+    t = (rng.standard_normal((v, r)) @ rng.standard_normal((r, d))
+         + 0.05 * rng.standard_normal((v, d)))
     return t.astype(np.float32)
 
 

@@ -20,8 +20,15 @@ import numpy as np
 from dirjax.compress.lowrank import CompressedEmbedding
 from dirjax.compress.metrics import reconstruction_metrics
 from dirjax.compress.rate import check_rate, rank_for_rate, rate_for_rank, resolve_rank
-from dirjax.compress.registry import (METHODS, Method, check_options, check_savable,
-                                      embedding_class, get_method, register_method)
+from dirjax.compress.registry import (
+    METHODS,
+    Method,
+    check_options,
+    check_savable,
+    embedding_class,
+    get_method,
+    register_method,
+)
 from dirjax.compress.store import load_compressed, save_compressed
 from dirjax.embedding import Described
 from dirjax.errors import ConfigError, DataError

@@ -31,7 +31,8 @@ ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "tanh": jnp.tanh, "silu
 def torch_uniform(fan_in: int):
     """PyTorch's default init of nn.Linear's weight and bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = fan_in ** -0.5
-    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype,
+                                                                    -bound, bound)
 
 
 def torch_linear(in_features: int, out_features: int, rngs: nnx.Rngs) -> nnx.Linear:

@@ -25,7 +25,7 @@ import numpy as np
 
 from dirjax.errors import ConfigError, DataError, WeightsError
 
-HEAD_ROWS = 512       # table rows a head decodes at a time (see `logits_by_blocks`)
+HEAD_ROWS = 1024      # table rows a head decodes at a time (see `logits_by_blocks`)
 MAX_BISECT = 90        # bisection steps of log10(lam) over [-40, 40]: far below fp64 resolution
 PACK_CODES = 1 << 22   # codes bit-packed at a time (bounds the [codes, bits] temporary)
 

@@ -3,8 +3,8 @@
 
 A baseline must be the best version of itself, so every table that fits gets the exact SVD
 (`jnp.linalg.svd`, full_matrices=False: 2-3 s for SmolLM2's 49152 x 576 on 2 CPU cores); above
-`EXACT_MAX_ELEMENTS` (1 GiB of fp32) the randomized SVD of Halko, Martinsson & Tropp (2011, alg. 4.4) with
-`n_iter` power iterations, re-orthonormalised each half step (Gram eigh, not QR: see
+`EXACT_MAX_ELEMENTS` (1 GiB of fp32) the randomized SVD of Halko, Martinsson & Tropp (2011,
+alg. 4.4) with `n_iter` power iterations, re-orthonormalised each half step (Gram eigh, not QR: see
 `orthonormalize`), and a fixed key. The randomized one reads the table in place: no
 copy of `[V, d]` is made (262144 x 2048 at rank 203: peak +0.5 GiB over the 2 GiB
 table, the `[V, l]` panels).
@@ -37,7 +37,8 @@ def exact_svd(table, rank: int):
 def randomized_svd(table, key, rank: int, n_iter: int = 4, oversample: int = 10):
     """`[V, d]` -> codes `[V, k]`, weight `[k, d]`, by a randomized range finder.
 
-    Cost: (2 * n_iter + 2) passes over the table, each a `[V, d] x [d, l]` product, l = k + oversample.
+    Cost: (2 * n_iter + 2) passes over the table, each a `[V, d] x [d, l]` product,
+    l = k + oversample.
     """
     a = table.astype(jnp.float32)
     width = min(rank + oversample, min(a.shape))

@@ -31,13 +31,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from dirjax.compress import autoencoder as ae
-from dirjax.errors import ConfigError
-
 from dirjax.compress.lowrank import CompressedEmbedding
 from dirjax.compress.rate import resolve_rank
+from dirjax.compress.svd import solver, svd_factors
+from dirjax.errors import ConfigError
 
 
 @dataclass
@@ -224,7 +225,8 @@ def make_epoch_fn(graphdef, optimizer, mesh: Mesh, num_rows: int, opts: AEOption
         if gather_per_step:
             xs = ids
         else:  # one all-to-all per epoch instead of a collective per step
-            xs = jax.lax.with_sharding_constraint(table[ids], NamedSharding(mesh, P(None, "data", None)))
+            xs = jax.lax.with_sharding_constraint(table[ids],
+                                                  NamedSharding(mesh, P(None, "data", None)))
         (state, opt_state), (losses, coss) = jax.lax.scan(
             partial(step, table=table, alpha=alpha, lr=lr), (state, opt_state), (xs, ws),
             unroll=opts.unroll)
@@ -285,7 +287,8 @@ def _check_same_run(manager, saved, abstract) -> None:
 def _warn_skipped(manager, step: int, error: Exception) -> None:
     import warnings
     warnings.warn(f"AE checkpoint {manager.directory}/{step} is unreadable "
-                  f"({type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}); "
+                  f"({type(error).__name__}: "
+                  f"{str(error).splitlines()[0][:120] if str(error) else ''}); "
                   "falling back to an older one", RuntimeWarning, stacklevel=3)
 
 
@@ -380,7 +383,8 @@ def run_epochs(epoch_fn, state, opt_state, table, row_w, start, manager, opts, h
     cos) and returns (the trained params, {epoch: {"seconds", "cpu_seconds"}})."""
     from tqdm.auto import tqdm
 
-    last = opts.epochs if opts.stop_after_epochs is None else min(opts.epochs, opts.stop_after_epochs)
+    last = (opts.epochs if opts.stop_after_epochs is None
+            else min(opts.epochs, opts.stop_after_epochs))
     bar = tqdm(total=opts.epochs, initial=start, desc="ae epochs", unit="epoch",
                disable=not opts.progress or jax.process_index() != 0)
     base_key = jax.random.PRNGKey(opts.seed)
@@ -388,7 +392,8 @@ def run_epochs(epoch_fn, state, opt_state, table, row_w, start, manager, opts, h
     try:
         for e in range(start, last):
             tic, cpu_tic = time.perf_counter(), time.process_time()
-            alpha = ae.alpha_at(e, opts.epochs, opts.alpha_start, opts.alpha_end, opts.anneal_fraction)
+            alpha = ae.alpha_at(e, opts.epochs, opts.alpha_start, opts.alpha_end,
+                                opts.anneal_fraction)
             lr = ae.lr_at(e, opts.lr, opts.lr_decay, opts.lr_decay_every)
             state, opt_state, loss, cos = epoch_fn(
                 state, opt_state, table, row_w, jax.random.fold_in(base_key, e),
@@ -415,7 +420,6 @@ def check_options(options: dict) -> None:
 
 def ae_method(table, *, rate=None, rank=None, **options) -> CompressedEmbedding:
     """The direction AutoEncoder (see `AEOptions` for the options and their defaults)."""
-    from dirjax.compress.svd import solver, svd_factors
     k = resolve_rank(*table.shape, rate=rate, rank=rank)
     opts = AEOptions.from_kwargs(**options)
     svd_init = svd_factors(table, k) if opts.init == "svd" else None

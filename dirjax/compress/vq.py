@@ -76,6 +76,7 @@ DEFAULT_TIERS = ((16, 8), (8, 8), (4, 8), (2, 8))
 GAINS = ("log8", "fp16", "none")       # how a row's gain is stored (option `norm`)
 GAIN_FITS = ("norm", "ls", "hls")      # how it is fitted (option `gain`)
 MAX_TIERS, MAX_TIER_BITS = 16, 16
+LUT_TOKENS = 1       # up to this many tokens, the head sums a lookup table (see attend_chunk)
 
 
 # ----------------------------------------------------------------------------- options
@@ -195,11 +196,25 @@ class Tier(nnx.Module):
         book = self.book[...].astype(dtype)
         return book[codes.astype(jnp.int32)].reshape(*codes.shape[:-1], self.features)
 
-    def logits(self, hf, first, count: int):
+    def logits(self, hf, first, count: int, lut=None):
         """hf `[n, d]` (rotated frame) . the tier's rows first..first+count-1 -> `[n, count]`
-        (gain not applied): the rows decoded from their codes and dotted at once."""
+        (gain not applied), from their codes: summed from `lut` (`Tier.lut(hf)`) when given,
+        else the rows decoded and dotted at once."""
         codes = jax.lax.dynamic_slice_in_dim(self.codes[...], first, count, axis=0)
-        return hf @ self._decoded(codes, hf.dtype).T
+        if lut is None:
+            return hf @ self._decoded(codes, hf.dtype).T
+        m, k = codes.shape[1], 2 ** self.bits
+        at = codes.astype(jnp.int32) + (jnp.arange(m, dtype=jnp.int32) * k)[None]
+        return lut.at[at].get(mode="promise_in_bounds").sum(axis=1).T      # [count, m, n]
+
+    def lut(self, hf):
+        """The partial dot products of hf `[n, d]` with every codeword of every group of
+        entries, `[(d/g) 2^b, n]`: row j 2^b + c is hf's group j . codeword c, so a row's
+        logit is the sum of its d/g codes' rows (one gather per code brings all n)."""
+        n, g = hf.shape[0], self.group
+        book = self.book[...].astype(hf.dtype)
+        lut = jnp.einsum("nmg,kg->mkn", hf.reshape(n, self.features // g, g), book)
+        return lut.reshape(-1, n)
 
 
 class VQEmbedding(nnx.Module, Described):
@@ -291,7 +306,11 @@ class VQEmbedding(nnx.Module, Described):
         dtype (the bytes read are the codes either way), returned in h's dtype."""
         hr, base = head_frame(h, self.rotation, self.mean)
         parts = self.tier_codes
-        out = class_logits(lambda t, first, count: parts[t].logits(hr, first, count),
+        # a few tokens (decoding): sums of a lookup table of partial dot products, one gather
+        # per code; more: rows decoded and dotted (the table would outgrow the cache)
+        luts = ([part.lut(hr) if part.rows else None for part in parts]
+                if hr.shape[0] <= LUT_TOKENS else [None] * len(parts))
+        out = class_logits(lambda t, first, count: parts[t].logits(hr, first, count, luts[t]),
                            self.tier[...], self.index[...], self.rows_per_tier(),
                            hr.shape[0], hr.dtype, start, size)
         if self.gain is not None:

@@ -37,7 +37,8 @@ about 1 h 5 min wall, 3,918 s of compression + evaluation in the rows; 23.47 = t
 The svd and quant rate-10 tables were made by a 1,024-token smoke run and taken from its
 compression cache (the key does not depend on the evaluation text); (*) that one was made
 before quantize.py rounded rows in slices (824fc44: bit-identical, 1.4-2.7x faster), the other
-quantiser tables after it. The run was stopped and resumed once (after its svd rate-5 row). Low rank alone does not keep Gemma 3: SVD's best
+quantiser tables after it. The run was stopped and resumed once (after its svd rate-5 row).
+Low rank alone does not keep Gemma 3: SVD's best
 (rate 5) is 126x the original, and the paper's AE is worse than SVD at every rate here (same
 mean row cosine, larger Euclidean error: relative Frobenius 0.83-0.88 vs SVD's 0.67-0.76, and
 the tied head reads the rows' norms). quant_gptq keeps the model: 1.02x the original at rate

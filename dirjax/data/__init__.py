@@ -4,9 +4,17 @@ config field, else $DIRJAX_DATA_DIR) or, without one, from the Hugging Face Hub 
 from dirjax.data import glue, squad
 from dirjax.data.common import ENV_DATA_DIR, hub_dataset, resolve_data_dir
 from dirjax.data.sts import STS, SentencePairs, load_sts, read_sts_tsv
-from dirjax.data.text import (SPLIT_ALIASES, STDLIB_HELDOUT_EVERY, TEXTS, join_wikitext,
-                              load_text, normalise_split, rows_from_lines, stdlib_text,
-                              text_lines)
+from dirjax.data.text import (
+    SPLIT_ALIASES,
+    STDLIB_HELDOUT_EVERY,
+    TEXTS,
+    join_wikitext,
+    load_text,
+    normalise_split,
+    rows_from_lines,
+    stdlib_text,
+    text_lines,
+)
 
 DATASETS = ("stdlib", *TEXTS, *STS)
 

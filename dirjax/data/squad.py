@@ -52,7 +52,8 @@ def load_split(split: str = "dev", data_dir=None, train_file: str | None = None)
         raise DataError(f"unknown SQuAD split {split!r} (train, dev)")
     root = resolve_data_dir(data_dir)
     if root is not None:
-        return load(root / "squad" / (train_file if split == "train" and train_file else FILES[split]))
+        name = train_file if split == "train" and train_file else FILES[split]
+        return load(root / "squad" / name)
     ds = hub_dataset("rajpurkar/squad", None, HUB_SPLITS[split])
     return [Example(r["id"], r["question"], r["context"], list(r["answers"]["text"]),
                     (r["answers"]["answer_start"] or [-1])[0]) for r in ds]

@@ -53,7 +53,8 @@ def join_wikitext(rows: list[str]) -> str:
 
 
 def rows_from_lines(text: str) -> list[str]:
-    """WikiText rows of a one-row-per-line file (the shared `wikitext-2/*.txt`), as the Hub has them."""
+    """WikiText rows of a one-row-per-line file (the shared `wikitext-2/*.txt`), as the Hub has
+    them."""
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()

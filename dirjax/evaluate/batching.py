@@ -28,7 +28,8 @@ def bucket_batches(lengths: list[int], batch_size: int):
 
 
 def pad_rows(rows, length: int, value: int, size: int | None = None) -> np.ndarray:
-    """`[size or len(rows), length]` int32: each row right-padded with `value` (missing rows too)."""
+    """`[size or len(rows), length]` int32: each row right-padded with `value` (missing rows
+    too)."""
     out = np.full((size or len(rows), length), value, np.int32)
     for r, row in enumerate(rows):
         out[r, :len(row)] = row
@@ -41,7 +42,8 @@ def pad_batch(rows: list[list[int]], types: list[list[int]], size: int, multiple
     padded rows get weight 0. Extra per-example arrays (labels, start, end) are padded too."""
     n = len(rows)
     t = max(multiple, math.ceil(max(map(len, rows)) / multiple) * multiple)
-    out = {"ids": pad_rows(rows, t, 0, size), "mask": pad_rows([[1] * len(r) for r in rows], t, 0, size),
+    out = {"ids": pad_rows(rows, t, 0, size),
+           "mask": pad_rows([[1] * len(r) for r in rows], t, 0, size),
            "token_type_ids": pad_rows(types, t, 0, size),
            "weight": (np.arange(size) < n).astype(np.float32)}
     for k, v in per_example.items():

@@ -9,6 +9,7 @@ import numpy as np
 from dirjax.data.glue import Task, get_task
 from dirjax.errors import DataError
 
+
 def accuracy(pred, gold) -> float:
     return float(np.mean(np.asarray(pred) == np.asarray(gold)))
 
@@ -23,7 +24,8 @@ def f1(pred, gold) -> float:
 
 
 def matthews(pred, gold) -> float:
-    """Matthews correlation (CoLA): (TP TN - FP FN) / sqrt of the four margins; 0 if one is empty."""
+    """Matthews correlation (CoLA): (TP TN - FP FN) / sqrt of the four margins; 0 if one is
+    empty."""
     pred, gold = np.asarray(pred), np.asarray(gold)
     tp = float(np.sum((pred == 1) & (gold == 1)))
     tn = float(np.sum((pred == 0) & (gold == 0)))
@@ -35,12 +37,14 @@ def matthews(pred, gold) -> float:
 
 def pearson(pred, gold) -> float:
     import scipy.stats
-    return float(scipy.stats.pearsonr(np.asarray(pred, np.float64), np.asarray(gold, np.float64))[0])
+    return float(scipy.stats.pearsonr(np.asarray(pred, np.float64),
+                                      np.asarray(gold, np.float64))[0])
 
 
 def spearman(pred, gold) -> float:
     import scipy.stats
-    return float(scipy.stats.spearmanr(np.asarray(pred, np.float64), np.asarray(gold, np.float64))[0])
+    return float(scipy.stats.spearmanr(np.asarray(pred, np.float64),
+                                       np.asarray(gold, np.float64))[0])
 
 
 METRICS = {"accuracy": accuracy, "f1": f1, "matthews": matthews, "pearson": pearson,

@@ -36,6 +36,7 @@ from dirjax.errors import ConfigError, DataError
 from dirjax.evaluate.batching import bucket_batches, jit_on_model, pad_rows, run_batches
 from dirjax.evaluate.scoring import CHUNK, token_nll
 
+
 def bos_of(tokenizer) -> int | None:
     """The BOS id when the tokenizer puts one in front of a text (Gemma, Llama 3), else None
     (GPT-2, SmolLM2): the `bos="auto"` setting of the eval job."""
@@ -45,7 +46,8 @@ def bos_of(tokenizer) -> int | None:
 
 
 def tokenize_stream(tokenizer, text: str, max_tokens: int = 0) -> np.ndarray:
-    """Token ids `[N]` int32 of `text` as one stream, no special tokens (no BOS); first `max_tokens`."""
+    """Token ids `[N]` int32 of `text` as one stream, no special tokens (no BOS); first
+    `max_tokens`."""
     ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     if max_tokens:
         ids = ids[:max_tokens]

@@ -178,7 +178,8 @@ class Bert(nnx.Module):
         if t > self.config.max_positions:
             raise ConfigError(f"sequence of {t} tokens, longer than the model's "
                               f"{self.config.max_positions} positions")
-        x = self.embedding(ids) + self.position[...][:t]
+        position = self.position[...]   # its dtype: a compressed table decodes fp32 rows
+        x = self.embedding(ids).astype(position.dtype) + position[:t]
         if token_type_ids is None:
             x = x + self.token_type[...][0]
         else:

@@ -280,7 +280,8 @@ class Gemma3(nnx.Module):
         full_rope = rope_tables(c.rope_theta, c.rope_factor, c.head_dim, T)
         local_rope = rope_tables(c.rope_local_theta, 1.0, c.head_dim, T)
         full_mask, sliding_mask = causal_masks(attention_mask, B, T, c.sliding_window)
-        x = self.embed(ids)
+        # in the parameters' dtype (bf16 under compute_dtype): a compressed table decodes fp32
+        x = self.embed(ids, self.norm.weight[...].dtype)
         for block in self.blocks:
             if block.sliding:
                 x = block(x, *local_rope, sliding_mask)

@@ -181,7 +181,8 @@ class GPT2(nnx.Module):
         if t > self.config.max_positions:
             raise ConfigError(f"sequence of {t} tokens, longer than the model's "
                               f"{self.config.max_positions} positions")
-        x = self.embedding(ids) + self.wpe[...][:t]
+        wpe = self.wpe[...]     # the parameters' dtype: a compressed table decodes fp32 rows
+        x = self.embedding(ids).astype(wpe.dtype) + wpe[:t]
         bias = attention_bias(attention_mask, t)
         for block in self.blocks:
             x = block(x, bias)

@@ -48,7 +48,8 @@ class SequenceHead(nnx.Module):
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling must be 'auto', 'pooler', 'cls' or 'mean', got {pooling!r}")
         if pooling == "pooler" and not has_pooler:
-            raise ConfigError(f"this {type(backbone).__name__} has no pooler; use pooling='cls' or 'mean'")
+            raise ConfigError(f"this {type(backbone).__name__} has no pooler; "
+                              "use pooling='cls' or 'mean'")
         self.backbone = backbone
         self.pooling = pooling
         self.num_labels = num_labels

@@ -249,7 +249,8 @@ class Llama(nnx.Module):
         B, T = ids.shape
         cos, sin = rope_tables(self.config, T)
         mask = causal_mask(attention_mask, B, T)
-        x = self.embedding(ids)
+        # in the parameters' dtype (bf16 under compute_dtype): a compressed table decodes fp32
+        x = self.embedding(ids).astype(self.norm.weight[...].dtype)
         for block in self.blocks:
             x = block(x, cos, sin, mask)
         return self.norm(x)

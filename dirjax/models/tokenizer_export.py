@@ -28,6 +28,9 @@ import json
 import os
 from pathlib import Path
 
+from dirjax.models import family_of
+from dirjax.models.weights import TOKENIZER_FILES, load_tokenizer
+
 COMPAT_CLASS = "PreTrainedTokenizerFast"
 # tokenizer classes transformers 4.x does not have
 V5_ONLY_CLASSES = frozenset({"TokenizersBackend", "SentencePieceBackend", "PythonBackend",
@@ -79,9 +82,6 @@ def source_tokenizer(path: Path, config: dict):
     """The tokenizer dirjax loads with the checkpoint folder `path` (its config.json `config`):
     the same class choice as the family's `from_hf_dir`; None for a folder without tokenizer
     files (a model loaded with a tokenizer named apart)."""
-    from dirjax.models import family_of
-    from dirjax.models.weights import TOKENIZER_FILES, load_tokenizer
-
     if not any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
         return None
     default = "GPT2Tokenizer" if family_of(config, str(path)) == "gpt2" else None
