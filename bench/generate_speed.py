@@ -48,7 +48,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from dirjax import load_model, swap_embedding

@@ -48,12 +48,32 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dirjax.compress.codec import (BOOL, QuantizeError, allocate, centre_and_rotate, check_counts,
-                                   check_hidden, check_table, check_values, choice, chunk_start,
-                                   head_frame, head_hessian, integer, inverse_cholesky,
-                                   logits_by_blocks, number, optional, pack_codes, pack_rows,
-                                   packed_bytes, random_rotation, unpack_codes, unpack_rows,
-                                   unrotate)
+from dirjax.compress.codec import (
+    BOOL,
+    QuantizeError,
+    allocate,
+    centre_and_rotate,
+    check_counts,
+    check_hidden,
+    check_table,
+    check_values,
+    choice,
+    chunk_start,
+    head_frame,
+    head_hessian,
+    integer,
+    inverse_cholesky,
+    logits_by_blocks,
+    number,
+    optional,
+    pack_codes,
+    pack_rows,
+    packed_bytes,
+    random_rotation,
+    unpack_codes,
+    unpack_rows,
+    unrotate,
+)
 from dirjax.embedding import Described
 from dirjax.errors import ConfigError
 
@@ -236,10 +256,10 @@ def _params_block(x: np.ndarray, bits: np.ndarray, clip: bool):
     best = None
     for a in (CLIP_GRID if clip else CLIP_GRID[:1]):
         mid = (hi + lo) / 2
-        l, h = mid + a * (lo - mid), mid + a * (hi - mid)
-        s = ((h - l) / levels).astype(np.float16).astype(np.float32)
+        bottom, top = mid + a * (lo - mid), mid + a * (hi - mid)
+        s = ((top - bottom) / levels).astype(np.float16).astype(np.float32)
         s = np.where(s > 0, s, 1.0)       # a constant group (e.g. an all-zero row): codes 0
-        o = l.astype(np.float16).astype(np.float32)
+        o = bottom.astype(np.float16).astype(np.float32)
         q = np.clip(np.rint((x - o[:, None]) / s[:, None]), 0, levels[:, None])
         err = ((q * s[:, None] + o[:, None] - x) ** 2).sum(1)
         if best is None:

@@ -63,11 +63,29 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dirjax.compress.codec import (BOOL, QuantizeError, allocate, centre_and_rotate, check_counts,
-                                   check_hidden, check_table, check_values, choice, chunk_start,
-                                   class_logits, head_frame, head_hessian, integer, is_int,
-                                   number, pack_codes, packed_bytes, random_rotation,
-                                   unpack_codes, unrotate)
+from dirjax.compress.codec import (
+    BOOL,
+    QuantizeError,
+    allocate,
+    centre_and_rotate,
+    check_counts,
+    check_hidden,
+    check_table,
+    check_values,
+    choice,
+    chunk_start,
+    class_logits,
+    head_frame,
+    head_hessian,
+    integer,
+    is_int,
+    number,
+    pack_codes,
+    packed_bytes,
+    random_rotation,
+    unpack_codes,
+    unrotate,
+)
 from dirjax.compress.kmeans import assign, kmeans, ldlq, ldlq_matrices
 from dirjax.embedding import Described
 from dirjax.errors import ConfigError
@@ -76,7 +94,7 @@ DEFAULT_TIERS = ((16, 8), (8, 8), (4, 8), (2, 8))
 GAINS = ("log8", "fp16", "none")       # how a row's gain is stored (option `norm`)
 GAIN_FITS = ("norm", "ls", "hls")      # how it is fitted (option `gain`)
 MAX_TIERS, MAX_TIER_BITS = 16, 16
-LUT_TOKENS = 1       # up to this many tokens, the head sums a lookup table (see attend_chunk)
+LUT_TOKENS = 1       # up to this many tokens the head sums a lookup table (attend_chunk)
 
 
 # ----------------------------------------------------------------------------- options
@@ -306,8 +324,10 @@ class VQEmbedding(nnx.Module, Described):
         dtype (the bytes read are the codes either way), returned in h's dtype."""
         hr, base = head_frame(h, self.rotation, self.mean)
         parts = self.tier_codes
-        # a few tokens (decoding): sums of a lookup table of partial dot products, one gather
-        # per code; more: rows decoded and dotted (the table would outgrow the cache)
+        # one token (decoding at batch 1): sums of a lookup table of partial dot products, one
+        # gather per code (Gemma 3's table at rate 16: 24 ms against 93 decoding); more: rows
+        # decoded and dotted, one gather of g entries per code (at batch 2 the table's gathers
+        # already cost more, and for many tokens it would outgrow the cache; docs/speed.md)
         luts = ([part.lut(hr) if part.rows else None for part in parts]
                 if hr.shape[0] <= LUT_TOKENS else [None] * len(parts))
         out = class_logits(lambda t, first, count: parts[t].logits(hr, first, count, luts[t]),

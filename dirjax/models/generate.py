@@ -47,7 +47,6 @@ from flax import nnx
 
 from dirjax.errors import ConfigError
 
-
 # ----------------------------------------------------------------------------- the cache
 
 @partial(jax.tree_util.register_dataclass, data_fields=["k", "v", "pos", "index"],
@@ -165,10 +164,10 @@ def compiled_generate(graphdef, treedef, sampling: tuple, max_new_tokens: int, c
     fold_in(key, i), as a step-by-step loop draws it. Row b keeps its first kept[b] tokens:
     up to and including its EOS or the end of a stop sequence.
 
-    Compiled once per (batch, prompt length, max_new_tokens, the stops' shape). The model
-    travels as its flat list of arrays, graphdef and treedef bound here: as a static argument
-    of jit a 30-layer graphdef is hashed at every call (~40 ms on CPU), and an nnx.State is
-    flattened at every call (~5 ms); here both happen once per `generate`."""
+    Compiled once per (batch, prompt length, max_new_tokens, the shapes of eos and stops).
+    The model travels as its flat list of arrays, graphdef and treedef bound here: as a static
+    argument of jit a 30-layer graphdef is hashed at every call (~40 ms on CPU), and an
+    nnx.State is flattened at every call (~5 ms); here both happen once per `generate`."""
     def run(leaves, ids, positions, attention_mask, last, lengths, key, eos, stops,
             stop_lengths):
         model = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
