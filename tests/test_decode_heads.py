@@ -187,3 +187,15 @@ def test_a_bf16_model_with_a_compressed_table_decodes_in_bf16(fixture):
         lambda c: small.decode(ids, c, jnp.arange(ids.shape[1])[None]), cache)
     assert logits.dtype == jnp.bfloat16 and cache.k[0].dtype == jnp.bfloat16
     assert len(generate(small, ids[0].tolist(), 4, eos_id=None)) == 4
+
+
+@pytest.mark.parametrize("name", ["quant_gptq", "vq"])
+def test_a_bf16_chunk_comes_back_in_fp32_and_attend_in_h_dtype(name):
+    """A bf16 evaluation's log-sum-exp reads the chunk's logits unrounded (fp32); `attend`, the
+    decode head, answers in the activations' dtype."""
+    emb = embedding(name)
+    h = jnp.asarray(np.random.default_rng(3).standard_normal((2, D)), jnp.bfloat16)
+    chunk = emb.attend_chunk(h, 0, 64)
+    assert chunk.dtype == jnp.float32 and emb.attend(h).dtype == jnp.bfloat16
+    want = np.asarray(h.astype(jnp.float32)) @ np.asarray(emb.table())[:64].T
+    close(chunk, want)

@@ -167,8 +167,9 @@ class QuantizedEmbedding(nnx.Module, Described):
         return unrotate(y, self.rotation, self.mean)
 
     def attend(self, h):
-        """Tied-head logits `[..., V]` = h @ table^T, read from the codes (`attend_chunk`)."""
-        return self.attend_chunk(h, 0, self.vocab_size)
+        """Tied-head logits `[..., V]` = h @ table^T, read from the codes (`attend_chunk`), in
+        h's dtype."""
+        return self.attend_chunk(h, 0, self.vocab_size).astype(h.dtype)
 
     def attend_chunk(self, h, start, size: int):
         """The logits `[..., size]` of rows start..start+size-1 (start may be traced; clamped
@@ -180,7 +181,8 @@ class QuantizedEmbedding(nnx.Module, Described):
             logits_v = sum_g scale_vg (codes_vg . h_g) + offset_vg sum(h_g),
         so a block's codes are only converted to floats (in cache) and dotted; the head
         reads the uint8 codes and the fp16 scales once per step. In fp32 whatever h's
-        dtype (the bytes read are the codes either way), returned in h's dtype."""
+        dtype (the bytes read are the codes either way), returned in fp32 (at least): a bf16
+        evaluation's log-sum-exp reads unrounded logits."""
         hr, base = head_frame(h, self.rotation, self.mean)
         start = chunk_start(start, size, self.vocab_size)
         n, groups = hr.shape[0], self.features // self.group
@@ -198,7 +200,7 @@ class QuantizedEmbedding(nnx.Module, Described):
         out = logits_by_blocks(block, n, hr.dtype, start, size)
         if base is not None:
             out = out + base[:, None]
-        return out.reshape(*h.shape[:-1], size).astype(h.dtype)
+        return out.reshape(*h.shape[:-1], size)
 
     def num_params(self) -> int:
         """Stored numbers (codes, scales, offsets, mean); the rotation is a seed."""

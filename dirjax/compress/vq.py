@@ -313,15 +313,17 @@ class VQEmbedding(nnx.Module, Described):
         return _decoded_table(*nnx.split(self))
 
     def attend(self, h):
-        """Tied-head logits `[..., V]` = h @ table^T, read from the codes (`attend_chunk`)."""
-        return self.attend_chunk(h, 0, self.vocab_size)
+        """Tied-head logits `[..., V]` = h @ table^T, read from the codes (`attend_chunk`), in
+        h's dtype."""
+        return self.attend_chunk(h, 0, self.vocab_size).astype(h.dtype)
 
     def attend_chunk(self, h, start, size: int):
         """The logits `[..., size]` of rows start..start+size-1 (start may be traced; clamped
         as `lax.dynamic_slice` clamps it) = (h R) y_hat^T * gain + h . mean: each tier's rows
         in the chunk decoded a block at a time from their codes and dotted at once
         (`codec.class_logits`), so no `[V, d]` table is ever built. In fp32 whatever h's
-        dtype (the bytes read are the codes either way), returned in h's dtype."""
+        dtype (the bytes read are the codes either way), returned in fp32 (at least): a bf16
+        evaluation's log-sum-exp reads unrounded logits."""
         hr, base = head_frame(h, self.rotation, self.mean)
         parts = self.tier_codes
         # one token (decoding at batch 1): sums of a lookup table of partial dot products, one
@@ -338,7 +340,7 @@ class VQEmbedding(nnx.Module, Described):
             out = out * jax.lax.dynamic_slice_in_dim(self.gain[...], start, size).astype(out.dtype)
         if base is not None:
             out = out + base[:, None]
-        return out.reshape(*h.shape[:-1], size).astype(h.dtype)
+        return out.reshape(*h.shape[:-1], size)
 
     # --- store
     def export(self) -> tuple[dict, dict]:
