@@ -35,6 +35,14 @@ def dot_f32(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.matmul(a, b, preferred_element_type=jnp.float32)
 
 
+
+def linear_dot_f32(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
+                   **kw):
+    """`nnx.Linear(dot_general=...)`'s product summed in fp32 as `dot_f32`, returned in the
+    activations' dtype (GPT-2's and BERT's layers)."""
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=jnp.float32, **kw).astype(lhs.dtype)
+
 def slice_rows(x: jax.Array, start, size: int) -> jax.Array:
     """Rows start..start+size-1 of x `[V, ...]` (start may be traced; clamped as
     `lax.dynamic_slice` clamps it). A 16-bit float table is sliced as its bits: XLA:CPU would

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dirjax.embedding import Embedding, attend_chunk
+from dirjax.embedding import Embedding, attend_chunk, linear_dot_f32
 from dirjax.errors import ConfigError, WeightsError
 from dirjax.models.weights import check_loaded, load_tokenizer, read_config, read_safetensors, take
 
@@ -89,18 +89,11 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.
     return y.astype(v.dtype).transpose(0, 2, 1, 3)
 
 
-def dot_f32(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
-    """nnx.Linear's product, summed in fp32 whatever the operands (bf16 ones run at the matrix
-    units' rate; a bf16 -> bf16 product falls to XLA:CPU's slow path), returned in the
-    activations' dtype."""
-    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                               preferred_element_type=jnp.float32, **kw).astype(lhs.dtype)
-
 
 def _linear(n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
     # kernel [in, out]: HF's nn.Linear weights are [out, in] and load transposed
     return nnx.Linear(n_in, n_out, kernel_init=nnx.initializers.normal(0.02), rngs=rngs,
-                      dot_general=dot_f32)
+                      dot_general=linear_dot_f32)
 
 
 def _layer_norm(d: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
