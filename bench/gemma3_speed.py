@@ -3,10 +3,14 @@ matrix peak: dirjax's perplexity step (jit-compiled NNX Gemma3, the 262k-row hea
 vocabulary chunks without [L, V] logits) in fp32 and in its bf16 compute mode
 (`compute_dtype="bfloat16"`: bf16 operands, fp32 sums, fp32 log-sum-exp), against
 transformers-PyTorch in fp32 and bf16 (torch.no_grad(), full logits + log_softmax in fp32) on
-the same windows, in the same run.
+the same windows, in the same run; and the same model with a compressed tied table
+(`--compressed`, default quant_gptq at rate 10: input and head replaced, its head reading the
+codes a vocabulary chunk at a time) in both compute modes, in the same interleaved rounds.
 
     .venv/bin/python bench/gemma3_speed.py [--tokens 2048] [--window 512] [--rounds 3]
                                            [--runs 5] [--torch-threads 0]
+                                           [--compressed quant_gptq:10] [--no-compressed]
+                                           [--cache-dir ~/.cache/dirjax/bench] [--n-hidden 8192]
                                            [--data-dir ../shared/data]  # or $DIRJAX_DATA_DIR
 
 The first `--tokens` tokens of WikiText-2 raw test, cut into windows of `--window` tokens, each
@@ -18,8 +22,14 @@ on the model's own shapes (bench/forward_speed.py: each Linear, attention's two 
 they give. Each round then times all windows with each scorer in turn (interleaved, so a slow
 spell of a shared machine hits all); per scorer: the median tokens/s over the rounds, its
 GFLOP/s, the fraction of its dtype's FLOP bound, the perplexity, and the largest logit
-difference from dirjax fp32 on the first window. The PyTorch rows need torch and accelerate
-(`make fixtures` installs them); without them they are skipped.
+difference from dirjax fp32 on the first window (a compressed row: from its own fp32 row).
+The compressed rows print their ratios to the original's tokens/s in the same dtype
+(compressed / original fp32: issue 25 asks >= 1; bf16: issue 28 asks >= 0.9), medians of
+the per-round ratios. The compressed embedding comes from bench/generate_speed.py's cache
+(`--cache-dir`, keyed by the table, method, rate and `--n-hidden`), made and saved there when
+missing (quant_gptq takes minutes; `generate_speed.py --compress-only` makes it beforehand).
+The PyTorch rows need torch and accelerate (`make fixtures` installs them); without them they
+are skipped.
 """
 from __future__ import annotations
 
@@ -31,6 +41,7 @@ import time
 from pathlib import Path
 
 import forward_speed as fwd  # the dot peaks, the FLOP bound, the printed rows
+import generate_speed as gen  # the compressed embeddings' cache
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,6 +123,14 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=5, help="timed runs per dot peak")
     parser.add_argument("--torch-threads", type=int, default=0, help="0: torch's default")
+    parser.add_argument("--compressed", default="quant_gptq:10",
+                        help="method:rate of the compressed tied table timed beside the original")
+    parser.add_argument("--no-compressed", action="store_true",
+                        help="skip the compressed rows")
+    parser.add_argument("--cache-dir", type=Path, default=gen.CACHE_DIR,
+                        help="where compressed embeddings are found (generate_speed.py's cache)")
+    parser.add_argument("--n-hidden", type=int, default=gen.N_HIDDEN,
+                        help="calibration hidden states of the compressed table (cache key)")
     parser.add_argument("--data-dir", type=Path, default=Path(
         os.environ.get("DIRJAX_DATA_DIR")
         or Path(__file__).resolve().parents[1].parent / "shared" / "data"))
@@ -139,6 +158,22 @@ def main():
         print(f"  dirjax {dtype}: compile + first window {time.perf_counter() - t:.1f} s")
         if dtype != "float32":
             diffs[f"dirjax {dtype}"] = np.abs(jax_logits(model, batches[0], dtype) - ref).max()
+    pairs = []             # (compressed scorer, original scorer), the same dtype
+    if not args.no_compressed:
+        method, rate = args.compressed.split(":")
+        small = gen.compressed(model, tokenizer, "gemma3-270m", method, float(rate),
+                               args.cache_dir, args.n_hidden)
+        own = jax_logits(small, batches[0], "float32")
+        for dtype in fwd.DTYPES:
+            name = f"{method} r{float(rate):g} {dtype}"
+            t = time.perf_counter()
+            scorers[name] = score = jax_scorer(small, dtype)
+            float(score(batches[0]))
+            print(f"  {name}: compile + first window {time.perf_counter() - t:.1f} s")
+            if dtype != "float32":
+                diffs[name] = np.abs(jax_logits(small, batches[0], dtype) - own).max()
+            pairs.append((name, f"dirjax {dtype}"))
+        del own
     if args.torch_threads:
         import torch
         torch.set_num_threads(args.torch_threads)
@@ -169,10 +204,16 @@ def main():
     for name in scorers:
         dtype = name.split()[-1]
         label = name + (threads if name.startswith("PyTorch") else " (jit, chunked head)")
-        diff = f"  max |logit - dirjax fp32| {diffs[name]:.2e}" if name in diffs else ""
+        versus = "own fp32" if any(name == c for c, _ in pairs) else "dirjax fp32"
+        diff = f"  max |logit - {versus}| {diffs[name]:.2e}" if name in diffs else ""
         per_window = statistics.median(seconds[name]) / len(batches)
         fwd.print_row(label, args.window, per_window, bound, dtype,
-                  float(np.exp(nll[name] / scored)), diff)
+                      float(np.exp(nll[name] / scored)), diff)
+    for small, orig in pairs:
+        # tokens/s ratio = original's seconds / compressed's, per round (the same spell)
+        ratios = [a / b for a, b in zip(seconds[orig], seconds[small])]
+        print(f"{small} / {orig}: tokens/s ratio {statistics.median(ratios):.3f} (median of "
+              f"{len(ratios)} rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
 
 
 if __name__ == "__main__":

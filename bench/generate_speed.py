@@ -61,6 +61,10 @@ from dirjax.models import resolve_alias
 from dirjax.models.generate import generate
 
 GIB = 1 << 30
+# where `compressed` saves and finds compressed embeddings, and the calibration states it
+# makes them with (part of the cache key): bench/gemma3_speed.py reuses both
+CACHE_DIR = Path(os.environ.get("DIRJAX_CACHE", "~/.cache/dirjax")).expanduser() / "bench"
+N_HIDDEN = 8192
 
 
 # ----------------------------------------------------------------------------- the machine
@@ -200,11 +204,9 @@ def main():
     parser.add_argument("--prompt", type=int, default=128, help="prompt tokens per row")
     parser.add_argument("--new", type=int, default=128, help="new tokens per row (>= 2)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of each")
-    parser.add_argument("--cache-dir", type=Path,
-                        default=Path(os.environ.get("DIRJAX_CACHE", "~/.cache/dirjax"))
-                        .expanduser() / "bench",
+    parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR,
                         help="where compressed embeddings are saved and found again")
-    parser.add_argument("--n-hidden", type=int, default=8192,
+    parser.add_argument("--n-hidden", type=int, default=N_HIDDEN,
                         help="calibration hidden states for quant_gptq / vq")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--torch-threads", type=int, default=None,

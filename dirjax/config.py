@@ -13,7 +13,10 @@ A config file (configs/*.py) is Python that runs: its `get_config()` returns a C
 Method options (`method_options.<method>`) are the method's keyword arguments
 (`dirjax.compress.compress`), plus `calibration` for methods that need calibration arrays:
 {"dataset", "split", "n_hidden"}, a text disjoint from the evaluation text (default:
-WikiText-2 validation when the evaluation text is WikiText-2, else the stdlib "train" topics).
+WikiText-2 validation when the evaluation text is WikiText-2, else the stdlib "train" topics),
+and `e2e` for the quantisers (vq, quant*): after compressing, train the continuous parameters
+through the whole frozen model on that calibration text ({"steps", "lr", "tokens", "seq",
+"batch", "held_tokens", "seed"}, dirjax/compress/e2e.py).
 """
 from __future__ import annotations
 
@@ -207,11 +210,26 @@ def _check_methods_and_rates(c: dict) -> None:
     for m in compressed:
         opts = dict(_plain(options.get(m)) or {})
         calibration = opts.pop("calibration", None)
+        e2e = opts.pop("e2e", None)
         check_options(m, opts)
         if calibration is not None or get_method(m).needs:
             opts["calibration"] = _check_calibration(c, m, calibration)
+        if e2e is not None:
+            opts["e2e"] = _check_e2e(m, e2e, opts)
         checked[m] = opts
     c["method_options"] = checked
+
+
+def _check_e2e(method: str, spec, opts: dict) -> dict:
+    """`method_options.<method>.e2e` (dirjax/compress/e2e.py): its fields, a method with
+    continuous parameters, and a calibration text to train on."""
+    from dirjax.compress.e2e import check_e2e
+    fields = check_e2e(method, spec, get_method(method).module_class())
+    if "calibration" not in opts:
+        raise ConfigError(f"method_options.{method}.e2e trains on calibration text: set "
+                          f"method_options.{method}.calibration (a text disjoint from the "
+                          "evaluation text, e.g. {dataset: wikitext-2, split: validation})")
+    return fields
 
 
 def _check_calibration(c: dict, method: str, spec) -> dict:

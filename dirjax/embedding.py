@@ -171,11 +171,14 @@ class LowRankEmbedding(nnx.Module):
         return FP32_BYTES * self.num_params()
 
 
-def attend_chunk(embedding, h: jax.Array, start, size: int) -> jax.Array:
+def attend_chunk(embedding, h: jax.Array, start, size: int, frame=None) -> jax.Array:
     """fp32 logits `[..., size]`: `embedding.attend_chunk(h, start, size)`, or, for a module
     without one, the same logits from its decoded rows start..start+size-1 (any module can look
     rows up). A module's own attend_chunk sums its products in fp32 (`dot_f32`), so that bf16
-    operands run at the matrix units' rate; the cast here only guarantees the result's dtype."""
+    operands run at the matrix units' rate; the cast here only guarantees the result's dtype.
+    `frame`: `embedding.frame(h)` computed once for many chunks (the quantised heads)."""
+    if frame is not None:
+        return embedding.attend_chunk(h, start, size, frame=frame).astype(jnp.float32)
     if hasattr(embedding, "attend_chunk"):
         return embedding.attend_chunk(h, start, size).astype(jnp.float32)
     rows = embedding((start + jnp.arange(size))[None])[0]

@@ -366,7 +366,7 @@ JOBS = {"eval": EvalJob, "finetune": FinetuneJob}
 
 def compression_options(c, method: str) -> dict:
     """The options of `method` that change its result (those the cache key holds)."""
-    return {k: v for k, v in (c.method_options.get(method) or {}).items()
+    return {k: plain(v) for k, v in (c.method_options.get(method) or {}).items()
             if k not in RESULT_ONLY_OPTIONS}
 
 
@@ -405,34 +405,72 @@ class Compressions:
                        n_hidden=int(spec["n_hidden"]), max_length=int(spec.get("max_length", 512)),
                        bos_id=self.bos_id)
 
-    def key(self, method: str, rate: float) -> str:
-        return compression_key(self.table_digest, method, rate,
-                               compression_options(self.c, method), self.calibration(method))
+    def key(self, method: str, rate: float, refined: bool = True) -> str:
+        """The cache key of (method, rate); refined=False: of the compression an `e2e`
+        option starts from (the key the same options without `e2e` have)."""
+        options = compression_options(self.c, method)
+        if not refined:
+            options.pop("e2e", None)
+        return compression_key(self.table_digest, method, rate, options,
+                               self.calibration(method))
 
     def get(self, method: str, rate: float):
-        """(embedding, compress seconds, reused?) of (method, rate)."""
+        """(embedding, compress seconds, reused?) of (method, rate). With an `e2e` option: the
+        compression without it (cached under its own key, so refinements of one compression
+        share it), refined through the model (its Orbax checkpoints in the cache's train
+        folder); the seconds are the refinement's."""
         if (method, rate) in self.done:
             return self.done[method, rate]
         c = self.c
         options = compression_options(c, method)
+        e2e = options.pop("e2e", None)
 
         def make(train_dir: Path):
             kw = dict(options)
             if method == "ae":
                 kw.setdefault("workdir", str(train_dir))
                 kw.setdefault("progress", c.progress)
-            if self.calibration(method) is not None:
-                kw.update(self.calibration_arrays(method))
+            if self.calibration(method) is not None:   # the arrays the method takes (a
+                needs = get_method(method).needs       # quant's calibration is e2e's text)
+                kw.update({k: v for k, v in self.calibration_arrays(method).items()
+                           if k in needs})
             return compress(self.table, rate=rate, method=method, **kw)
 
-        got = self.cache.get_or_make(method, rate, self.key(method, rate), make,
-                                     {"model": c.model, "requested_rate": rate,
-                                      "options": plain(c.method_options.get(method) or {}),
-                                      # what dirjax.load_model(model, embedding=DIR) checks
-                                      "table_digest": self.table_digest,
-                                      "table_dtype": jnp.dtype(self.table.dtype).name})
+        meta = {"model": c.model, "requested_rate": rate,
+                "options": plain(c.method_options.get(method) or {}),
+                # what dirjax.load_model(model, embedding=DIR) checks
+                "table_digest": self.table_digest,
+                "table_dtype": jnp.dtype(self.table.dtype).name}
+        if e2e is None:
+            got = self.cache.get_or_make(method, rate, self.key(method, rate), make, meta)
+        else:
+            base_meta = {**meta, "options": {k: v for k, v in meta["options"].items()
+                                             if k != "e2e"}}
+            base, base_seconds, _ = self.cache.get_or_make(
+                method, rate, self.key(method, rate, refined=False), make, base_meta)
+
+            def refine(train_dir: Path):
+                emb = self.refine(method, base, e2e, train_dir)
+                emb.meta = {**emb.meta, "base_compress_seconds": base_seconds}
+                return emb
+
+            got = self.cache.get_or_make(method, rate, self.key(method, rate), refine, meta)
         self.done[method, rate] = got
         return got
+
+    def refine(self, method: str, emb, e2e: dict, train_dir: Path):
+        """`emb` refined end to end through the model on the method's calibration text
+        (dirjax/compress/e2e.py), its reconstruction figures measured again."""
+        from dirjax.compress.e2e import refine_through_model
+        from dirjax.compress.metrics import reconstruction_metrics
+        e2e = dict(e2e)
+        tokens, held = int(e2e.pop("tokens")), int(e2e["held_tokens"])
+        ids = tokenize_stream(self.tokenizer, self.calib_texts[method], tokens + held)
+        out = refine_through_model(self.model, emb, ids, tokens=min(tokens, len(ids)),
+                                   workdir=train_dir, progress=self.c.progress,
+                                   bos_id=self.bos_id, **e2e)
+        out.metrics = {**emb.metrics, **reconstruction_metrics(self.table, out)}
+        return out
 
 
 def embedding_fields(model, emb, output) -> dict:

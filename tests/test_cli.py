@@ -1,6 +1,7 @@
 """run.py as a user runs it: one clear error line and exit 1 on mistakes, no partial results."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -128,7 +129,11 @@ def test_the_dirjax_command_lists_and_shows_configs(capsys):
     assert proc.returncode == 0 and proc.stdout == f"dirjax {dirjax.__version__}\n"
     proc = dirjax_command(capsys, "configs")
     names = [line.split()[0] for line in proc.stdout.splitlines()[1:-1]]
-    assert names == sorted(p.stem + (":ARG" if p.stem == "quality_sweep" else "")
+    # ":ARG" where get_config takes a parameter (quality_sweep, llamacpp_rates)
+    takes = {p.stem for p in (ROOT / "configs").glob("*.py")
+             if re.search(r"def get_config\(\s*\w", p.read_text())}
+    assert {"quality_sweep", "llamacpp_rates"} <= takes
+    assert names == sorted(p.stem + (":ARG" if p.stem in takes else "")
                            for p in (ROOT / "configs").glob("*.py"))
     # a config's own commands as a pip user types them
     proc = dirjax_command(capsys, "configs", "quality_sweep")

@@ -105,7 +105,8 @@ def test_attend_reads_codes_as_the_table_gives(name, small_blocks):
 
 
 @pytest.mark.parametrize("name", METHODS)
-@pytest.mark.parametrize("tokens", [1, 5])     # vq: its lookup-table path, its decoding path
+# vq: its lookup-table path, its decoding path; both: the scoring path (the chunk decoded once)
+@pytest.mark.parametrize("tokens", [1, 5, codec.SCORE_TOKENS])
 def test_attend_chunk_any_start_and_size(name, tokens, small_blocks):
     emb = embedding(name)
     tab = np.asarray(emb.table())

@@ -21,11 +21,15 @@ def tiny():
     return load_model(FIXTURES / "tiny-llama")
 
 
-@pytest.mark.parametrize("method", [None, "svd", "quant"])
+@pytest.mark.parametrize("method", [None, "svd", "quant", "vq"])
 def test_chunked_perplexity_equals_the_full_logits(tiny, method):
+    """Chunks of 128 rows (2 x 63 tokens a batch: the quantised heads' scoring path, their
+    h R computed once for all chunks, `frame`) against the full logits."""
     model, _ = tiny
     if method is not None:
-        emb = compress(model.embedding.table(), rate=4.0, method=method)
+        options = {"vq": dict(rate=16.0, tiers=((8, 4),), iters=2, refit_iters=1)}
+        emb = compress(model.embedding.table(), method=method,
+                       **options.get(method, {"rate": 4.0}))
         model = swap_embedding(model, emb, output="tied")
     ids = np.random.default_rng(0).integers(0, 1000, 300)
     full = causal_perplexity(model, ids, max_length=64, batch_size=2, progress=False, chunk=None)

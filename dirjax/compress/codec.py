@@ -12,7 +12,8 @@
   each padded to a byte);
 - the tied heads that read codes (`logits_by_blocks`, `class_logits`): logits `h @ table^T`
   computed a cache-sized block of rows at a time, straight from the codes, so a decode step
-  never writes a `[V, d]` float table;
+  never writes a `[V, d]` float table; and the dtype their products read (`bf16_products`:
+  bf16 operands summed in fp32 when scoring under compute_dtype "bfloat16", fp32 otherwise);
 - the option checks: every option's type and range, judged before any model loads.
 """
 from __future__ import annotations
@@ -23,9 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dirjax.embedding import dot_f32
 from dirjax.errors import ConfigError, DataError, WeightsError
 
 HEAD_ROWS = 1024      # table rows a head decodes at a time (see `logits_by_blocks`)
+BF16_TOKENS = 64      # bf16 operands from this many tokens a product on (`bf16_products`)
+SCORE_TOKENS = BF16_TOKENS   # from this many tokens a head decodes its chunk once (scoring)
 MAX_BISECT = 90        # bisection steps of log10(lam) over [-40, 40]: far below fp64 resolution
 PACK_CODES = 1 << 22   # codes bit-packed at a time (bounds the [codes, bits] temporary)
 
@@ -60,11 +64,32 @@ def centre_and_rotate(t: np.ndarray, *, center: bool, rotate: bool, seed: int):
     return (y @ rot if rotate else y), mean, rot
 
 
+def bf16_products(dtype, tokens: int) -> bool:
+    """Whether a product of `tokens` rows of `dtype` against a table (a head's decoded block,
+    a rotation) reads bf16 operands and sums in fp32 (`dot_f32`): when `dtype` is bf16 (the
+    state cast by compute_dtype "bfloat16") and it spans at least BF16_TOKENS tokens
+    (scoring), where bf16 runs at the matrix units' rate. Fewer tokens (decoding) compute in
+    fp32 as before: such a product is bound by reading the codes, and XLA:CPU's bf16
+    matrix-vector product is ~10x slower than its fp32 one (docs/speed.md)."""
+    return jnp.dtype(dtype) == jnp.bfloat16 and tokens >= BF16_TOKENS
+
+
 def unrotate(y, rotation, mean):
     """Rows `[..., d]` in the rotated, centred frame back to table rows: y R^T + mean
-    (`rotation` / `mean`: arrays or nnx Variables, or None)."""
+    (`rotation` / `mean`: arrays or nnx Variables, or None). A bf16 rotation (compute_dtype
+    "bfloat16") rotates many rows with bf16 operands summed in fp32 (`bf16_products`), y
+    (decoded exactly, in fp32) as two bf16 terms hi + lo, ~16 bits: y rounded to bf16 once
+    moved Gemma 3's quant_gptq rate 10 bf16 perplexity by +0.4% (21.83; the pair 21.76, an
+    fp32 lookup 21.75, all fp32 21.70; 1,024 WikiText-2 tokens); 2 d*d per row, next to a
+    head's V*d."""
     if rotation is not None:
-        y = y @ rotation[...].T
+        r = rotation[...]
+        if bf16_products(r.dtype, y.size // max(y.shape[-1], 1)):
+            hi = y.astype(r.dtype)
+            lo = (y - hi.astype(y.dtype)).astype(r.dtype)
+            y = dot_f32(hi, r.T) + dot_f32(lo, r.T)
+        else:
+            y = y @ r.T
     if mean is not None:
         y = y + mean[...]
     return y
@@ -243,15 +268,42 @@ def unpack_rows(buffer: np.ndarray, bits: np.ndarray, d: int, max_bits: int = 8,
 # ----------------------------------------------------------------------------- heads on codes
 def head_frame(h, rotation, mean):
     """Hidden states `[..., d]` in the frame the codes live in: (h R `[n, d]` flattened,
-    h . mean `[n]` or None), in fp32 at least (a head's bytes are its codes whatever it
-    computes in, and fp32 keeps a bf16 model's logits as close as its table's). The rotation
-    and the mean fold out of the table, so they cost d*d and d per token instead of V*d:
-    h @ (Y R^T + mean)^T = (h R) Y^T + h . mean."""
+    h . mean `[n]` or None). The rotation and the mean fold out of the table, so they cost
+    d*d and d per token instead of V*d: h @ (Y R^T + mean)^T = (h R) Y^T + h . mean.
+
+    The head's products read h R's dtype and sum in `sum_dtype(h R)`. Scoring bf16 states
+    (`bf16_products`: compute_dtype "bfloat16"), h R is bf16 (summed in fp32, rounded once)
+    and h . mean an fp32 sum; otherwise both are fp32 at least (decoding: a few tokens' head
+    is bound by its codes' bytes, and fp32 keeps a bf16 model's logits as close as its
+    table's)."""
+    if bf16_products(h.dtype, h.size // max(h.shape[-1], 1)):
+        flat = h.reshape(-1, h.shape[-1])
+        hr = flat if rotation is None else dot_f32(flat, rotation[...].astype(flat.dtype))
+        f32 = jnp.float32
+        base = None if mean is None else (flat.astype(f32) * mean[...].astype(f32)).sum(-1)
+        return hr.astype(flat.dtype), base
     dtype = jnp.promote_types(h.dtype, jnp.float32)
     flat = h.reshape(-1, h.shape[-1]).astype(dtype)
     hr = flat if rotation is None else flat @ rotation[...].astype(dtype)
     base = None if mean is None else flat @ mean[...].astype(dtype)
     return hr, base
+
+
+def sum_dtype(hr):
+    """The dtype a head sums its products of `hr` (`head_frame`) in and returns its logits
+    in: fp32 at least (bf16 operands are summed in fp32)."""
+    return jnp.promote_types(hr.dtype, jnp.float32)
+
+
+def chunk_product(hr, rows):
+    """`[n, size]` logits hr `[n, d]` x rows `[size, d]`^T, as a dense table's chunk is
+    scored: a head that decoded its chunk's rows once (scoring: `SCORE_TOKENS` tokens or
+    more) multiplies them at the matrix units' rate. bf16 hr (compute_dtype "bfloat16",
+    `head_frame`): the rows rounded to bf16 as a bf16 table's are, summed in fp32 (`dot_f32`);
+    otherwise in hr's dtype."""
+    if sum_dtype(hr) != hr.dtype:
+        return dot_f32(hr, rows.astype(hr.dtype).T)
+    return hr @ rows.astype(hr.dtype).T
 
 
 def chunk_start(start, size: int, v: int):

@@ -50,6 +50,7 @@ from flax import nnx
 
 from dirjax.compress.codec import (
     BOOL,
+    SCORE_TOKENS,
     QuantizeError,
     allocate,
     centre_and_rotate,
@@ -58,6 +59,7 @@ from dirjax.compress.codec import (
     check_table,
     check_values,
     choice,
+    chunk_product,
     chunk_start,
     head_frame,
     head_hessian,
@@ -70,6 +72,7 @@ from dirjax.compress.codec import (
     pack_rows,
     packed_bytes,
     random_rotation,
+    sum_dtype,
     unpack_codes,
     unpack_rows,
     unrotate,
@@ -86,6 +89,8 @@ QUANT_ROWS = 512                         # rows (groups) rounded at a time: cach
 class QuantizedEmbedding(nnx.Module, Described):
     """Codes uint8 `[V, d]`, bits uint8 `[V]`, scale/offset fp16 `[V, G]`, mean `[d]`,
     R `[d, d]`."""
+    # what end-to-end refinement trains with the codes fixed (dirjax/compress/e2e.py)
+    CONTINUOUS = ("scale", "offset", "mean")
 
     def __init__(self, codes, bits, scale, offset, group, mean=None, rotation=None, seed=0, *,
                  method: str = "quant", metrics: dict | None = None, meta: dict | None = None):
@@ -171,33 +176,50 @@ class QuantizedEmbedding(nnx.Module, Described):
         h's dtype."""
         return self.attend_chunk(h, 0, self.vocab_size).astype(h.dtype)
 
-    def attend_chunk(self, h, start, size: int):
-        """The logits `[..., size]` of rows start..start+size-1 (start may be traced; clamped
-        as `lax.dynamic_slice` clamps it), read from the codes a block of rows at a time
-        (`codec.logits_by_blocks`), never through a `[V, d]` float table.
+    def frame(self, h):
+        """(h R `[n, d]`, h . mean `[n]` or None): what `attend_chunk` computes first, once
+        per batch when given to it (`frame=`): a scan over vocabulary chunks (scoring) would
+        otherwise redo the `[n, d] x [d, d]` rotation in every chunk (XLA:CPU does not hoist
+        it), ~8% of Gemma 3's head."""
+        return head_frame(h, self.rotation, self.mean)
 
-        The rotation and the mean fold out of the table (h R and h . mean, once per token),
-        and each group's scale and offset out of the dot: with h R cut into groups h_g,
+    def attend_chunk(self, h, start, size: int, frame=None):
+        """The logits `[..., size]` of rows start..start+size-1 (start may be traced; clamped
+        as `lax.dynamic_slice` clamps it), read from the codes, never through a `[V, d]`
+        float table.
+
+        The rotation and the mean fold out of the table (h R and h . mean, once per token).
+        Decoding (fewer than `codec.SCORE_TOKENS` tokens): each group's scale and offset fold
+        out of the dot too: with h R cut into groups h_g,
             logits_v = sum_g scale_vg (codes_vg . h_g) + offset_vg sum(h_g),
-        so a block's codes are only converted to floats (in cache) and dotted; the head
-        reads the uint8 codes and the fp16 scales once per step. In fp32 whatever h's
-        dtype (the bytes read are the codes either way), returned in fp32 (at least): a bf16
-        evaluation's log-sum-exp reads unrounded logits."""
-        hr, base = head_frame(h, self.rotation, self.mean)
+        so a block's codes are only converted to floats (in cache) and dotted
+        (`codec.logits_by_blocks`), in fp32: the step reads the uint8 codes and the fp16
+        scales once. Scoring (more tokens): the chunk's rows are decoded once, `[size, d]`,
+        and multiplied as a dense table's chunk is (`codec.chunk_product`: bf16 operands
+        summed in fp32 when scoring bf16 states), where folding the scales would cost passes
+        over the `[n, size]` logits. Returned in fp32 (at least): a bf16 evaluation's
+        log-sum-exp reads unrounded logits."""
+        hr, base = self.frame(h) if frame is None else frame
         start = chunk_start(start, size, self.vocab_size)
         n, groups = hr.shape[0], self.features // self.group
-        hg = hr.reshape(n, groups, self.group)
-        hsum = hg.sum(-1)                                             # [n, G]
+        if n >= SCORE_TOKENS:
+            y = self._rows(*(jax.lax.dynamic_slice_in_dim(x[...], start, size, axis=0)
+                             for x in (self.codes, self.scale, self.offset)), jnp.float32)
+            out = chunk_product(hr, y)
+        else:
+            hg = hr.reshape(n, groups, self.group)
+            hsum = hg.sum(-1)                                             # [n, G]
 
-        def block(first, count):
-            def rows(x):
-                return jax.lax.dynamic_slice_in_dim(x[...], first, count, axis=0)
-            codes = rows(self.codes).astype(hr.dtype).reshape(count, groups, self.group)
-            dots = group_dots(hg, codes)                                  # [G, n, count]
-            scale, offset = rows(self.scale).astype(hr.dtype), rows(self.offset).astype(hr.dtype)
-            return (dots * scale.T[:, None, :]).sum(0) + hsum @ offset.T
+            def block(first, count):
+                def rows(x):
+                    return jax.lax.dynamic_slice_in_dim(x[...], first, count, axis=0)
+                codes = rows(self.codes).astype(hr.dtype).reshape(count, groups, self.group)
+                dots = group_dots(hg, codes)                              # [G, n, count]
+                scale = rows(self.scale).astype(hr.dtype)
+                return (dots * scale.T[:, None, :]).sum(0) + hsum @ rows(self.offset).astype(
+                    hr.dtype).T
 
-        out = logits_by_blocks(block, n, hr.dtype, start, size)
+            out = logits_by_blocks(block, n, sum_dtype(hr), start, size)
         if base is not None:
             out = out + base[:, None]
         return out.reshape(*h.shape[:-1], size)

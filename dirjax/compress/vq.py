@@ -65,6 +65,7 @@ from flax import nnx
 
 from dirjax.compress.codec import (
     BOOL,
+    SCORE_TOKENS,
     QuantizeError,
     allocate,
     centre_and_rotate,
@@ -73,6 +74,7 @@ from dirjax.compress.codec import (
     check_table,
     check_values,
     choice,
+    chunk_product,
     chunk_start,
     class_logits,
     head_frame,
@@ -83,11 +85,12 @@ from dirjax.compress.codec import (
     pack_codes,
     packed_bytes,
     random_rotation,
+    sum_dtype,
     unpack_codes,
     unrotate,
 )
 from dirjax.compress.kmeans import assign, kmeans, ldlq, ldlq_matrices
-from dirjax.embedding import Described
+from dirjax.embedding import Described, dot_f32
 from dirjax.errors import ConfigError
 
 DEFAULT_TIERS = ((16, 8), (8, 8), (4, 8), (2, 8))
@@ -217,10 +220,14 @@ class Tier(nnx.Module):
     def logits(self, hf, first, count: int, lut=None):
         """hf `[n, d]` (rotated frame) . the tier's rows first..first+count-1 -> `[n, count]`
         (gain not applied), from their codes: summed from `lut` (`Tier.lut(hf)`) when given,
-        else the rows decoded and dotted at once."""
+        else the rows decoded (into hf's dtype) and dotted at once; bf16 hf (scoring under
+        compute_dtype "bfloat16", `codec.head_frame`) is summed in fp32."""
         codes = jax.lax.dynamic_slice_in_dim(self.codes[...], first, count, axis=0)
         if lut is None:
-            return hf @ self._decoded(codes, hf.dtype).T
+            rows = self._decoded(codes, hf.dtype)
+            if sum_dtype(hf) != hf.dtype:
+                return dot_f32(hf, rows.T)
+            return hf @ rows.T
         m, k = codes.shape[1], 2 ** self.bits
         at = codes.astype(jnp.int32) + (jnp.arange(m, dtype=jnp.int32) * k)[None]
         return lut.at[at].get(mode="promise_in_bounds").sum(axis=1).T      # [count, m, n]
@@ -243,6 +250,18 @@ class VQEmbedding(nnx.Module, Described):
     `mean` [d].
     `index` int32 [V] (row -> its row in its tier) is derived from `tier`, not stored.
     """
+    # what end-to-end refinement trains with the codes fixed (dirjax/compress/e2e.py)
+    CONTINUOUS = ("book", "gain", "mean")
+
+    def round_to_storage(self) -> None:
+        """Gains back to what is stored (log8 codes over their own new range, or fp16), after
+        refinement changed them; books are fp16 Variables already."""
+        if self.gain is not None and self.gain_mode != "none":
+            gain, self.gain_range = store_gain(np.asarray(self.gain[...], np.float32),
+                                               self.gain_mode)
+            self.gain[...] = jnp.asarray(gain, jnp.float32)
+            if self.gain_range is not None:
+                self.gain_range = tuple(float(x) for x in self.gain_range)
 
     def __init__(self, tier, codes, books, tiers, gain, features, *, gain_mode="log8",
                  gain_range=None, mean=None, seed=0, rotate=True, method="vq",
@@ -317,27 +336,45 @@ class VQEmbedding(nnx.Module, Described):
         h's dtype."""
         return self.attend_chunk(h, 0, self.vocab_size).astype(h.dtype)
 
-    def attend_chunk(self, h, start, size: int):
+    def frame(self, h):
+        """(h R `[n, d]`, h . mean `[n]` or None): what `attend_chunk` computes first, once
+        per batch when given to it (`frame=`): a scan over vocabulary chunks (scoring) would
+        otherwise redo the `[n, d] x [d, d]` rotation in every chunk (XLA:CPU does not hoist
+        it), ~8% of Gemma 3's head."""
+        return head_frame(h, self.rotation, self.mean)
+
+    def attend_chunk(self, h, start, size: int, frame=None):
         """The logits `[..., size]` of rows start..start+size-1 (start may be traced; clamped
-        as `lax.dynamic_slice` clamps it) = (h R) y_hat^T * gain + h . mean: each tier's rows
-        in the chunk decoded a block at a time from their codes and dotted at once
-        (`codec.class_logits`), so no `[V, d]` table is ever built. In fp32 whatever h's
-        dtype (the bytes read are the codes either way), returned in fp32 (at least): a bf16
-        evaluation's log-sum-exp reads unrounded logits."""
-        hr, base = head_frame(h, self.rotation, self.mean)
-        parts = self.tier_codes
-        # one token (decoding at batch 1): sums of a lookup table of partial dot products, one
-        # gather per code (Gemma 3's table at rate 16: 24 ms against 93 decoding); more: rows
-        # decoded and dotted, one gather of g entries per code (at batch 2 the table's gathers
-        # already cost more, and for many tokens it would outgrow the cache; docs/speed.md)
-        luts = ([part.lut(hr) if part.rows else None for part in parts]
-                if hr.shape[0] <= LUT_TOKENS else [None] * len(parts))
-        out = class_logits(lambda t, first, count: parts[t].logits(hr, first, count, luts[t]),
-                           self.tier[...], self.index[...], self.rows_per_tier(),
-                           hr.shape[0], hr.dtype, start, size)
-        if self.gain is not None:
+        as `lax.dynamic_slice` clamps it) = (h R) y_hat^T * gain + h . mean, never through a
+        `[V, d]` table. Decoding (fewer than `codec.SCORE_TOKENS` tokens): each tier's rows in
+        the chunk decoded a block at a time from their codes and dotted at once
+        (`codec.class_logits`), in fp32 (the bytes read are the codes either way), the gains
+        applied to the sums. Scoring (more tokens): the chunk's rows decoded once in
+        vocabulary order, gains applied, `[size, d]`, and multiplied as a dense table's chunk
+        is (`codec.chunk_product`: bf16 operands summed in fp32 when scoring bf16 states),
+        where the tiers' runs would cost a gather over the `[n, size]` logits to put the
+        columns back in order. Returned in fp32 (at least): a bf16 evaluation's log-sum-exp
+        reads unrounded logits."""
+        hr, base = self.frame(h) if frame is None else frame
+        if hr.shape[0] >= SCORE_TOKENS:
             start = chunk_start(start, size, self.vocab_size)
-            out = out * jax.lax.dynamic_slice_in_dim(self.gain[...], start, size).astype(out.dtype)
+            out = chunk_product(hr, self._rotated(start + jnp.arange(size)))
+        else:
+            parts = self.tier_codes
+            # one token (decoding at batch 1): sums of a lookup table of partial dot products,
+            # one gather per code (Gemma 3's table at rate 16: 24 ms against 93 decoding);
+            # more: rows decoded and dotted, one gather of g entries per code (at batch 2 the
+            # table's gathers already cost more; docs/speed.md)
+            luts = ([part.lut(hr) if part.rows else None for part in parts]
+                    if hr.shape[0] <= LUT_TOKENS else [None] * len(parts))
+            out = class_logits(
+                lambda t, first, count: parts[t].logits(hr, first, count, luts[t]),
+                self.tier[...], self.index[...], self.rows_per_tier(),
+                hr.shape[0], sum_dtype(hr), start, size)
+            if self.gain is not None:
+                start = chunk_start(start, size, self.vocab_size)
+                gain = jax.lax.dynamic_slice_in_dim(self.gain[...], start, size)
+                out = out * gain.astype(out.dtype)
         if base is not None:
             out = out + base[:, None]
         return out.reshape(*h.shape[:-1], size)

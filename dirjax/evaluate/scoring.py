@@ -52,13 +52,16 @@ def token_nll(model, h: jax.Array, targets: jax.Array, chunk: int | None = CHUNK
     # another, so no column is scored twice or needs masking
     whole, rest = divmod(v, chunk)
 
+    # a quantised head's h R, once for all slices (`frame`)
+    frame = emb.frame(h) if hasattr(emb, "frame") else None
+
     def step(carry, start):
-        return fold(carry, capped(attend_chunk(emb, h, start, chunk))), None
+        return fold(carry, capped(attend_chunk(emb, h, start, chunk, frame))), None
 
     init = (jnp.full(h.shape[:-1], -jnp.inf, jnp.float32), jnp.zeros(h.shape[:-1], jnp.float32))
     carry, _ = jax.lax.scan(step, init, jnp.arange(whole) * chunk)
     if rest:
-        carry = fold(carry, capped(attend_chunk(emb, h, v - rest, rest)))
+        carry = fold(carry, capped(attend_chunk(emb, h, v - rest, rest, frame)))
     m, s = carry
     # the target's logit from its row, rounded as the head's operands are, summed in fp32
     row = emb(targets).astype(h.dtype).astype(jnp.float32)
