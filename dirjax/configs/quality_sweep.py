@@ -44,6 +44,10 @@ end to end through the frozen model (24 steps of 4 x 256 WikiText-2 validation t
 (held-out calibration KL 0.0526 -> 0.0510); 471 s of refinement on the loaded 2-core CPU.
 With --config.method_options.vq.e2e.steps=96 --config.method_options.vq.e2e.tokens=65536:
 31.96 (1.109x), 1,003 s of refinement.
+"smollm2-low12" rate 16, seed 0, rerun 2026-12-04 in a fresh work directory: tied 32.32 (the
+same as in the e2e run's; deterministic), not the 32.06 above: the code changed in between
+(the 2026-12-03 refactor that moved the quantisers' shared code); the low12 figures above
+are older than the code, to be re-measured.
 """
 from dirjax.configs.gemma3_wikitext import get_config as gemma3_config
 from dirjax.configs.minilm_sts import get_config as minilm_config
