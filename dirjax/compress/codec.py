@@ -289,6 +289,18 @@ def head_frame(h, rotation, mean):
     return hr, base
 
 
+class RotatedHead:
+    """`frame` of a head whose codes live in a rotated, centred frame (`rotation`, `mean`
+    attributes: QuantizedEmbedding, VQEmbedding)."""
+
+    def frame(self, h):
+        """(h R `[n, d]`, h . mean `[n]` or None): what `attend_chunk` computes first, once
+        per batch when given to it (`frame=`): a scan over vocabulary chunks (scoring) would
+        otherwise redo the `[n, d] x [d, d]` rotation in every chunk (XLA:CPU does not hoist
+        it), ~8% of Gemma 3's head."""
+        return head_frame(h, self.rotation, self.mean)
+
+
 def sum_dtype(hr):
     """The dtype a head sums its products of `hr` (`head_frame`) in and returns its logits
     in: fp32 at least (bf16 operands are summed in fp32)."""
@@ -408,13 +420,17 @@ def optional(rule: Rule) -> Rule:
     return lambda x: x is None or rule[0](x), f"None or {rule[1]}"
 
 
-def check_values(method: str, options: dict, rules: dict[str, Rule]) -> None:
-    """ConfigError naming the first unknown option, or the first value its rule refuses."""
+def check_values(method: str, options: dict, rules: dict[str, Rule], *,
+                 where: str | None = None) -> None:
+    """ConfigError naming the first unknown option, or the first value its rule refuses;
+    `where`: the path of a nested option (`method_options.vq.e2e`), named with its fields."""
     stray = sorted(set(options) - set(rules))
     if stray:
-        raise ConfigError(f"unknown option(s) for method '{method}': {', '.join(stray)} "
-                          f"(known: {', '.join(rules)})")
+        head = (f"{where}: unknown field(s)" if where
+                else f"unknown option(s) for method '{method}':")
+        raise ConfigError(f"{head} {', '.join(stray)} (known: {', '.join(rules)})")
     for name, value in options.items():
         test, allowed = rules[name]
         if not test(value):
-            raise ConfigError(f"{method} option {name} must be {allowed}, got {value!r}")
+            what = f"{where}.{name}" if where else f"{method} option {name}"
+            raise ConfigError(f"{what} must be {allowed}, got {value!r}")

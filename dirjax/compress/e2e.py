@@ -40,7 +40,6 @@ activation products of a T-token window, L layers, d_q query width):
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, fields
 
@@ -52,6 +51,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from dirjax.compress.codec import check_values, integer, number
 from dirjax.embedding import Embedding, swap_embedding
 from dirjax.errors import ConfigError, DataError
 
@@ -77,18 +77,8 @@ class E2EOptions:
     seed: int = 0
 
 
-def _is_int(x, lo: int) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)) and x >= lo
-
-
-RULES = {"steps": (lambda x: _is_int(x, 0), "an integer >= 0"),
-         "lr": (lambda x: isinstance(x, (int, float, np.floating)) and not isinstance(x, bool)
-                and math.isfinite(x) and x > 0, "a number > 0"),
-         "tokens": (lambda x: _is_int(x, 2), "an integer >= 2"),
-         "seq": (lambda x: _is_int(x, 2), "an integer >= 2"),
-         "batch": (lambda x: _is_int(x, 1), "an integer >= 1"),
-         "held_tokens": (lambda x: _is_int(x, 0), "an integer >= 0"),
-         "seed": (lambda x: _is_int(x, 0), "an integer >= 0")}
+RULES = {"steps": integer(0), "lr": number(positive=True), "tokens": integer(2),
+         "seq": integer(2), "batch": integer(1), "held_tokens": integer(0), "seed": integer(0)}
 assert set(RULES) == {f.name for f in fields(E2EOptions)}
 
 
@@ -107,14 +97,7 @@ def check_e2e(method: str, spec, module_class=None) -> dict:
     if not isinstance(spec, dict):
         raise ConfigError(f"{where} must map fields ({', '.join(RULES)}) to values, "
                           f"got {spec!r}")
-    stray = sorted(set(spec) - set(RULES))
-    if stray:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(stray)} "
-                          f"(known: {', '.join(RULES)})")
-    for name, value in spec.items():
-        test, allowed = RULES[name]
-        if not test(value):
-            raise ConfigError(f"{where}.{name} must be {allowed}, got {value!r}")
+    check_values(method, spec, RULES, where=where)
     if module_class is not None and not continuous(module_class):
         raise ConfigError(f"{where}: method {method} has no continuous parameters to train "
                           f"with its codes fixed ({module_class.__name__} declares none); "

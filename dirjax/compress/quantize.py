@@ -52,6 +52,7 @@ from dirjax.compress.codec import (
     BOOL,
     SCORE_TOKENS,
     QuantizeError,
+    RotatedHead,
     allocate,
     centre_and_rotate,
     check_counts,
@@ -61,7 +62,6 @@ from dirjax.compress.codec import (
     choice,
     chunk_product,
     chunk_start,
-    head_frame,
     head_hessian,
     integer,
     inverse_cholesky,
@@ -86,7 +86,7 @@ QUANT_ROWS = 512                         # rows (groups) rounded at a time: cach
 
 
 # ----------------------------------------------------------------------------- the module
-class QuantizedEmbedding(nnx.Module, Described):
+class QuantizedEmbedding(nnx.Module, Described, RotatedHead):
     """Codes uint8 `[V, d]`, bits uint8 `[V]`, scale/offset fp16 `[V, G]`, mean `[d]`,
     R `[d, d]`."""
     # what end-to-end refinement trains with the codes fixed (dirjax/compress/e2e.py)
@@ -175,13 +175,6 @@ class QuantizedEmbedding(nnx.Module, Described):
         """Tied-head logits `[..., V]` = h @ table^T, read from the codes (`attend_chunk`), in
         h's dtype."""
         return self.attend_chunk(h, 0, self.vocab_size).astype(h.dtype)
-
-    def frame(self, h):
-        """(h R `[n, d]`, h . mean `[n]` or None): what `attend_chunk` computes first, once
-        per batch when given to it (`frame=`): a scan over vocabulary chunks (scoring) would
-        otherwise redo the `[n, d] x [d, d]` rotation in every chunk (XLA:CPU does not hoist
-        it), ~8% of Gemma 3's head."""
-        return head_frame(h, self.rotation, self.mean)
 
     def attend_chunk(self, h, start, size: int, frame=None):
         """The logits `[..., size]` of rows start..start+size-1 (start may be traced; clamped

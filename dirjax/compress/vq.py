@@ -67,6 +67,7 @@ from dirjax.compress.codec import (
     BOOL,
     SCORE_TOKENS,
     QuantizeError,
+    RotatedHead,
     allocate,
     centre_and_rotate,
     check_counts,
@@ -77,7 +78,6 @@ from dirjax.compress.codec import (
     chunk_product,
     chunk_start,
     class_logits,
-    head_frame,
     head_hessian,
     integer,
     is_int,
@@ -90,7 +90,7 @@ from dirjax.compress.codec import (
     unrotate,
 )
 from dirjax.compress.kmeans import assign, kmeans, ldlq, ldlq_matrices
-from dirjax.embedding import Described, dot_f32
+from dirjax.embedding import Described
 from dirjax.errors import ConfigError
 
 DEFAULT_TIERS = ((16, 8), (8, 8), (4, 8), (2, 8))
@@ -220,14 +220,11 @@ class Tier(nnx.Module):
     def logits(self, hf, first, count: int, lut=None):
         """hf `[n, d]` (rotated frame) . the tier's rows first..first+count-1 -> `[n, count]`
         (gain not applied), from their codes: summed from `lut` (`Tier.lut(hf)`) when given,
-        else the rows decoded (into hf's dtype) and dotted at once; bf16 hf (scoring under
-        compute_dtype "bfloat16", `codec.head_frame`) is summed in fp32."""
+        else the rows decoded and dotted at once (decoding: fp32; scoring, bf16 included,
+        decodes its chunk in `VQEmbedding.attend_chunk`)."""
         codes = jax.lax.dynamic_slice_in_dim(self.codes[...], first, count, axis=0)
         if lut is None:
-            rows = self._decoded(codes, hf.dtype)
-            if sum_dtype(hf) != hf.dtype:
-                return dot_f32(hf, rows.T)
-            return hf @ rows.T
+            return hf @ self._decoded(codes, hf.dtype).T
         m, k = codes.shape[1], 2 ** self.bits
         at = codes.astype(jnp.int32) + (jnp.arange(m, dtype=jnp.int32) * k)[None]
         return lut.at[at].get(mode="promise_in_bounds").sum(axis=1).T      # [count, m, n]
@@ -242,7 +239,7 @@ class Tier(nnx.Module):
         return lut.reshape(-1, n)
 
 
-class VQEmbedding(nnx.Module, Described):
+class VQEmbedding(nnx.Module, Described, RotatedHead):
     """Tiers of vector codes with per-row gains; see the module docstring.
 
     Arrays (in memory): `tier` uint8 [V]; `tier_codes[t]` a `Tier` (codes uint8 or uint16
@@ -335,13 +332,6 @@ class VQEmbedding(nnx.Module, Described):
         """Tied-head logits `[..., V]` = h @ table^T, read from the codes (`attend_chunk`), in
         h's dtype."""
         return self.attend_chunk(h, 0, self.vocab_size).astype(h.dtype)
-
-    def frame(self, h):
-        """(h R `[n, d]`, h . mean `[n]` or None): what `attend_chunk` computes first, once
-        per batch when given to it (`frame=`): a scan over vocabulary chunks (scoring) would
-        otherwise redo the `[n, d] x [d, d]` rotation in every chunk (XLA:CPU does not hoist
-        it), ~8% of Gemma 3's head."""
-        return head_frame(h, self.rotation, self.mean)
 
     def attend_chunk(self, h, start, size: int, frame=None):
         """The logits `[..., size]` of rows start..start+size-1 (start may be traced; clamped
